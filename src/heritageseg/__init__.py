@@ -1,0 +1,1 @@
+"""heritageseg: damage segmentation benchmark for heritage artworks."""

@@ -1,0 +1,53 @@
+"""params.yaml is read into typed dataclasses; mistakes name their key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from heritageseg.config import IngestConfig, load_params, with_overrides
+from heritageseg.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_projects_params_yaml_loads():
+    params = load_params(ROOT / "params.yaml")
+    assert params.ingest.source == "synthetic"
+    assert params.ingest.n == 300
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("ingest:\n  nn: 3\n", "unknown key(s) nn"),
+        ("ingestt: {}\n", "unknown key(s) ingestt"),
+        ("ingest:\n  n: many\n", "n='many': expected int"),
+        ("ingest:\n  n: true\n", "expected int"),
+        ("ingest:\n  source: s3\n", "choose one of synthetic, parquet, folder, hf"),
+        ("ingest:\n  source: parquet\n", "needs ingest.path"),
+        ("ingest:\n  min_size: 500\n  max_size: 100\n", "min_size <= max_size"),
+        ("ingest: [1, 2]\n", "expected a mapping"),
+        ("ingest: {n: [\n", "not valid YAML"),
+    ],
+)
+def test_bad_params_name_the_key(tmp_path, text, message):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_params(path)
+    assert message in str(caught.value)
+
+
+def test_overrides_are_checked_and_none_means_not_given():
+    cfg = IngestConfig()
+    assert with_overrides(cfg, n=5, seed=None).n == 5
+    with pytest.raises(ConfigError, match="--on-error"):
+        with_overrides(cfg, on_error="ignore")
+
+
+def test_ints_are_accepted_for_floats(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("ingest:\n  background_fraction: 1\n")
+    assert load_params(path).ingest.background_fraction == 1.0
