@@ -1,0 +1,1 @@
+"""Data layer: reading, generating, splitting and caching ARTeFACT records."""

@@ -1,0 +1,381 @@
+"""Read ARTeFACT records from the published parquet shards or a folder of PNG pairs.
+
+Both sources stream record by record: a parquet shard is read a few rows at a time and a
+folder one file pair at a time, so memory is bounded by the largest record, never by the
+data set (the real one is 13.5 GB decoded). Decoding and validation happen per record and
+raise `RecordError` naming the record, so `--on-error skip` can drop it and go on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from heritageseg.classes import NUM_CLASSES
+from heritageseg.errors import DataError, RecordError
+
+# The dataset card's own loader uses this limit; the largest image has about 133 M pixels.
+MAX_IMAGE_PIXELS = 243_748_701
+
+IMAGE_COLUMNS = ("image", "annotation", "annotation_rgb")
+TEXT_COLUMNS = (
+    "material",
+    "content",
+    "type",
+    "damage_description",
+    "llava_description",
+    "verified_description",
+)
+PUBLISHED_COLUMNS = ("id", *IMAGE_COLUMNS, *TEXT_COLUMNS)
+# What the benchmark cannot do without: pixels, labels, and the metadata splits group by.
+REQUIRED_COLUMNS = ("id", "image", "annotation", "material", "content")
+
+IMAGE_STRUCT = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+SCHEMA = pa.schema(
+    [("id", pa.string())]
+    + [(name, IMAGE_STRUCT) for name in IMAGE_COLUMNS]
+    + [(name, pa.string()) for name in TEXT_COLUMNS]
+)
+
+_READ_BATCH_ROWS = 4
+_LABEL_BINS = 256
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    """One record as stored: encoded image bytes and metadata, nothing decoded yet."""
+
+    id: str
+    origin: str  # where it came from, for error messages: "shard.parquet row 3"
+    image: bytes | None
+    annotation: bytes | None
+    annotation_rgb: bytes | None = None
+    material: str | None = None
+    content: str | None = None
+    type: str | None = None
+    damage_description: str | None = None
+    llava_description: str | None = None
+    verified_description: str | None = None
+    image_path: str | None = None
+    annotation_path: str | None = None
+    annotation_rgb_path: str | None = None
+
+
+@dataclass(frozen=True)
+class RecordCheck:
+    """What validation learnt about a record without converting its pixels."""
+
+    width: int
+    height: int
+    label_counts: np.ndarray  # (256,) int64 pixel count per label value
+
+
+@dataclass(frozen=True)
+class Record:
+    """A decoded record: RGB uint8 image and uint8 label mask of the same size."""
+
+    raw: RawRecord
+    image: np.ndarray  # (H, W, 3) uint8
+    mask: np.ndarray  # (H, W) uint8, values in {0..15, 255}
+
+
+# ---------------------------------------------------------------- sources
+
+
+def iter_source(path: str | Path) -> Iterator[RawRecord]:
+    """Records of a parquet file, a folder of shards, or a PNG folder with metadata.csv."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
+    if path.is_dir() and (path / "metadata.csv").exists():
+        return iter_folder(path)
+    return iter_parquet(path)
+
+
+def find_shards(path: Path) -> list[Path]:
+    shards = [path] if path.is_file() else sorted(path.rglob("*.parquet"))
+    if not shards:
+        raise DataError(
+            f"{path}: empty source — no *.parquet shards and no metadata.csv found. "
+            "Point --path at the folder holding data/train-*.parquet or a PNG folder "
+            "with metadata.csv."
+        )
+    return shards
+
+
+def iter_parquet(path: str | Path) -> Iterator[RawRecord]:
+    """Stream records from published shards, a few rows at a time."""
+    shards = find_shards(Path(path))
+    for shard in shards:
+        parquet = _open_parquet(shard)
+        columns = _check_columns(parquet.schema_arrow, shard)
+        row = 0
+        for batch in parquet.iter_batches(batch_size=_READ_BATCH_ROWS, columns=columns):
+            for values in batch.to_pylist():
+                yield record_from_row(values, f"{shard.name} row {row}")
+                row += 1
+
+
+def iter_folder(path: str | Path) -> Iterator[RawRecord]:
+    """Stream records from the dataset card's layout: metadata.csv + image/annotation PNGs."""
+    root = Path(path)
+    with (root / "metadata.csv").open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        missing = [c for c in ("id", "material", "content") if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DataError(
+                f"{root / 'metadata.csv'}: missing required column(s) {', '.join(missing)}; "
+                "expected id, material, content and optionally image_path, annotation_path, "
+                "annotation_rgb_path, type and the descriptions"
+            )
+        count = 0
+        for line, row in enumerate(reader, start=2):
+            count += 1
+            yield _record_from_folder_row(root, row, f"metadata.csv line {line}")
+    if count == 0:
+        raise DataError(f"{root / 'metadata.csv'}: empty source — the file lists no records")
+
+
+def read_metadata(path: str | Path, columns: tuple[str, ...] = ("id", "material", "content")):
+    """The metadata columns of every record as a DataFrame, without touching image bytes."""
+    import pandas as pd
+
+    frames = []
+    for shard in find_shards(Path(path)):
+        parquet = _open_parquet(shard)
+        _check_columns(parquet.schema_arrow, shard)
+        frames.append(parquet.read(columns=list(columns)).to_pandas())
+    return pd.concat(frames, ignore_index=True)
+
+
+def _open_parquet(shard: Path) -> pq.ParquetFile:
+    try:
+        return pq.ParquetFile(shard)
+    except (OSError, pa.ArrowException) as exc:
+        raise DataError(f"{shard}: not a readable parquet file ({exc})") from exc
+
+
+def _check_columns(schema: pa.Schema, shard: Path) -> list[str]:
+    missing = [c for c in REQUIRED_COLUMNS if c not in schema.names]
+    if missing:
+        raise DataError(
+            f"{shard}: missing required column(s) {', '.join(missing)}; the published "
+            f"ARTeFACT schema has {', '.join(PUBLISHED_COLUMNS)}"
+        )
+    for name in IMAGE_COLUMNS:
+        if name in schema.names and not _is_image_type(schema.field(name).type):
+            raise DataError(
+                f"{shard}: column {name!r} has type {schema.field(name).type}; expected the "
+                "Hugging Face image struct {bytes: binary, path: string} or binary"
+            )
+    return [c for c in PUBLISHED_COLUMNS if c in schema.names]
+
+
+def _is_image_type(kind: pa.DataType) -> bool:
+    if pa.types.is_struct(kind):
+        return kind.get_field_index("bytes") >= 0
+    return pa.types.is_binary(kind) or pa.types.is_large_binary(kind)
+
+
+def _split_image(value: object) -> tuple[bytes | None, str | None]:
+    if isinstance(value, dict):
+        return value.get("bytes"), value.get("path")
+    return value, None  # type: ignore[return-value]
+
+
+def record_from_row(values: dict, origin: str) -> RawRecord:
+    images = {name: _split_image(values.get(name)) for name in IMAGE_COLUMNS}
+    return RawRecord(
+        id=str(values.get("id") or ""),
+        origin=origin,
+        image=images["image"][0],
+        annotation=images["annotation"][0],
+        annotation_rgb=images["annotation_rgb"][0],
+        image_path=images["image"][1],
+        annotation_path=images["annotation"][1],
+        annotation_rgb_path=images["annotation_rgb"][1],
+        **{name: values.get(name) for name in TEXT_COLUMNS},
+    )
+
+
+def _record_from_folder_row(root: Path, row: dict[str, str], origin: str) -> RawRecord:
+    record_id = (row.get("id") or "").strip()
+    files = {
+        name: _resolve_file(root, row.get(f"{name}_path"), name, record_id)
+        for name in IMAGE_COLUMNS
+    }
+    return RawRecord(
+        id=record_id,
+        origin=origin,
+        image=_read_bytes(files["image"]),
+        annotation=_read_bytes(files["annotation"]),
+        annotation_rgb=_read_bytes(files["annotation_rgb"]),
+        image_path=files["image"].name,
+        annotation_path=files["annotation"].name,
+        annotation_rgb_path=files["annotation_rgb"].name,
+        **{name: (row.get(name) or None) for name in TEXT_COLUMNS},
+    )
+
+
+def _resolve_file(root: Path, listed: str | None, column: str, record_id: str) -> Path:
+    """The card's example writes absolute paths of the machine it ran on; fall back to
+    the same file name under this folder, then to the conventional <column>/<id>.png."""
+    candidates = []
+    if listed:
+        candidates += [Path(listed), root / listed, root / column / Path(listed).name]
+    candidates.append(root / column / f"{record_id}.png")
+    return next((c for c in candidates if c.is_file()), candidates[-1])
+
+
+def _read_bytes(path: Path) -> bytes | None:
+    return path.read_bytes() if path.is_file() else None
+
+
+# ---------------------------------------------------------------- decoding and validation
+
+
+def check_record(raw: RawRecord) -> RecordCheck:
+    """Validate a record fully (both images decode, sizes agree, labels are valid)
+    without converting the image to RGB."""
+    if not raw.id:
+        raise RecordError("<no id>", raw.origin, "the id is empty; every record needs its id")
+    with _open_image(raw, "image") as image:
+        image.load()
+        size = image.size
+    _, counts = _annotation_array(raw, expected_size=size)
+    return RecordCheck(width=size[0], height=size[1], label_counts=counts)
+
+
+def decode_record(raw: RawRecord) -> Record:
+    """Decode a record to an RGB uint8 image and a validated label mask."""
+    with _open_image(raw, "image") as image:
+        rgb = to_rgb(image)
+    mask, _ = _annotation_array(raw, expected_size=(rgb.shape[1], rgb.shape[0]))
+    return Record(raw=raw, image=rgb, mask=mask)
+
+
+def decode_annotation(raw: RawRecord) -> np.ndarray:
+    """The validated label mask alone; the image is only opened to read its size."""
+    with _open_image(raw, "image") as image:
+        size = image.size
+    mask, _ = _annotation_array(raw, expected_size=size)
+    return mask
+
+
+def label_counts(mask: np.ndarray) -> np.ndarray:
+    """Pixel count of every label value 0..255 in one pass (no sort, unlike np.unique)."""
+    return np.bincount(mask.ravel(), minlength=_LABEL_BINS).astype(np.int64)
+
+
+def to_rgb(image: Image.Image) -> np.ndarray:
+    """Any PIL mode -> (H, W, 3) uint8 RGB. 16/32-bit greyscale is scaled, not clipped."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        wide = np.asarray(image, dtype=np.float64)
+        scale = 257.0 if wide.max(initial=0) > 255 else 1.0
+        grey = np.clip(np.rint(wide / scale), 0, 255).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if image.mode != "RGB":
+        image = image.convert("RGBA" if image.mode in ("P", "PA") else image.mode)
+        image = image.convert("RGB")
+    return np.asarray(image, dtype=np.uint8).copy()
+
+
+@contextlib.contextmanager
+def _open_image(raw: RawRecord, column: str) -> Iterator[Image.Image]:
+    data = getattr(raw, column)
+    if not data:
+        where = getattr(raw, f"{column}_path", None)
+        missing = f" (file {where} not found)" if where else ""
+        raise RecordError(raw.id, raw.origin, f"no {column} bytes{missing}")
+    with pixel_limit():
+        try:
+            image = Image.open(io.BytesIO(data))
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise RecordError(
+                raw.id,
+                raw.origin,
+                f"{column} is larger than the {MAX_IMAGE_PIXELS:,} pixels this reader accepts "
+                f"(the largest ARTeFACT image has about 133 M): {exc}",
+            ) from exc
+        except (OSError, ValueError) as exc:
+            raise RecordError(raw.id, raw.origin, f"{column} does not decode: {exc}") from exc
+        try:
+            yield image
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise RecordError(raw.id, raw.origin, f"{column} does not decode: {exc}") from exc
+        finally:
+            image.close()
+
+
+@contextlib.contextmanager
+def pixel_limit(limit: int = MAX_IMAGE_PIXELS) -> Iterator[None]:
+    """Accept images up to `limit` pixels and refuse larger ones, for this block only."""
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = limit
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
+def _annotation_array(
+    raw: RawRecord, expected_size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The validated label mask and its per-label pixel counts."""
+    with _open_image(raw, "annotation") as annotation:
+        if annotation.mode not in ("L", "P", "I;16", "I"):
+            raise RecordError(
+                raw.id,
+                raw.origin,
+                f"annotation has mode {annotation.mode}; expected a single-channel label "
+                "PNG (mode L) with values 0..15 and 255",
+            )
+        if annotation.size != expected_size:
+            raise RecordError(
+                raw.id,
+                raw.origin,
+                f"annotation is {_wxh(annotation.size)} but the image is {_wxh(expected_size)}",
+            )
+        values = np.asarray(annotation)
+    if values.dtype != np.uint8:
+        if values.min(initial=0) < 0 or values.max(initial=0) > 255:
+            raise RecordError(raw.id, raw.origin, _bad_labels_message(values))
+        values = values.astype(np.uint8)
+    mask = np.ascontiguousarray(values)
+    counts = label_counts(mask)
+    _check_labels(raw, counts)
+    return mask, counts
+
+
+def _check_labels(raw: RawRecord, counts: np.ndarray) -> None:
+    bad = np.flatnonzero(counts[NUM_CLASSES:255])
+    if bad.size:
+        found = ", ".join(str(v + NUM_CLASSES) for v in bad[:8])
+        raise RecordError(
+            raw.id,
+            raw.origin,
+            f"annotation has label values outside 0..15 and 255: {found} "
+            f"({int(counts[NUM_CLASSES:255].sum())} pixels)",
+        )
+
+
+def _bad_labels_message(values: np.ndarray) -> str:
+    return (
+        f"annotation has label values outside 0..15 and 255 (range {values.min()}..{values.max()})"
+    )
+
+
+def _wxh(size: tuple[int, int]) -> str:
+    return f"{size[0]}x{size[1]}"
