@@ -1,0 +1,112 @@
+"""Segmentation metrics from a streaming confusion matrix.
+
+The matrix is accumulated batch by batch (memory independent of the test set size, unlike
+the reference, which kept every prediction), with Background (255) ignored. Every score is
+derived from the summed matrix, so mIoU does not depend on the batch size. A class with no
+pixel in ground truth or prediction is `present: false` and left out of every mean (the
+reference counted it as 0).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from heritageseg.classes import BACKGROUND_ID, CLASS_NAMES, NUM_CLASSES
+
+
+class ConfusionMatrix:
+    """Pixel counts, rows = ground truth, columns = prediction, ignore label excluded."""
+
+    def __init__(self, num_classes: int = NUM_CLASSES, ignore_index: int = BACKGROUND_ID):
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+
+    def update(self, prediction: torch.Tensor, target: torch.Tensor) -> None:
+        """Add a batch of label maps (any shape, same for both)."""
+        self.matrix += confusion(prediction, target, self.num_classes, self.ignore_index).cpu()
+
+    def all_reduce(self) -> None:
+        """Sum the matrices of every rank (no-op outside torch.distributed)."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            backend = torch.distributed.get_backend()
+            device = "cuda" if backend == "nccl" else "cpu"
+            total = self.matrix.to(device)
+            torch.distributed.all_reduce(total)
+            self.matrix = total.cpu()
+
+    def numpy(self) -> np.ndarray:
+        return self.matrix.numpy().copy()
+
+
+def confusion(
+    prediction: torch.Tensor,
+    target: torch.Tensor,
+    num_classes: int = NUM_CLASSES,
+    ignore_index: int = BACKGROUND_ID,
+) -> torch.Tensor:
+    """One batch's confusion matrix by a single bincount (no Python loop over pixels)."""
+    target = target.reshape(-1).long()
+    prediction = prediction.reshape(-1).long()
+    keep = target != ignore_index
+    codes = target[keep] * num_classes + prediction[keep]
+    counts = torch.bincount(codes, minlength=num_classes * num_classes)
+    return counts.reshape(num_classes, num_classes)
+
+
+def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    return np.divide(
+        numerator, denominator, out=np.zeros_like(numerator, dtype=float), where=denominator > 0
+    )
+
+
+def scores(matrix: np.ndarray, class_names: tuple[str, ...] = CLASS_NAMES) -> dict:
+    """Every metric of metrics.json that comes from the confusion matrix.
+
+    Means are over present classes; `miou_damage` leaves out Clean (id 0). Within a present
+    class an undefined ratio (e.g. precision of a class never predicted) counts as 0.
+    """
+    matrix = np.asarray(matrix, dtype=np.int64)
+    true_positive = np.diag(matrix).astype(float)
+    support = matrix.sum(axis=1).astype(float)
+    predicted = matrix.sum(axis=0).astype(float)
+    present = (support + predicted) > 0
+    iou = _ratio(true_positive, support + predicted - true_positive)
+    dice = _ratio(2 * true_positive, support + predicted)
+    precision = _ratio(true_positive, predicted)
+    recall = _ratio(true_positive, support)
+    f1 = _ratio(2 * precision * recall, precision + recall)
+    damage = present.copy()
+    damage[0] = False
+
+    def mean(values: np.ndarray, mask: np.ndarray = present) -> float:
+        return float(values[mask].mean()) if mask.any() else 0.0
+
+    per_class = {
+        name: {
+            "iou": float(iou[i]),
+            "dice": float(dice[i]),
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+            "present": bool(present[i]),
+        }
+        for i, name in enumerate(class_names)
+    }
+    return {
+        "miou": mean(iou),
+        "miou_damage": mean(iou, damage),
+        "dice": mean(dice),
+        "pixel_accuracy": float(true_positive.sum() / max(matrix.sum(), 1)),
+        "precision": mean(precision),
+        "recall": mean(recall),
+        "f1": mean(f1),
+        "per_class": per_class,
+        "confusion_matrix": matrix.tolist(),
+    }
+
+
+def miou(matrix: np.ndarray) -> float:
+    return scores(matrix)["miou"]

@@ -1,0 +1,423 @@
+"""The train stage: data, model, optimiser and the epoch loop around `engine`.
+
+Reproducible and resumable on the CPU: every epoch's data order and augmentations come
+from seeds derived from (seed, epoch), and the full state is saved after each epoch, so a
+run killed at any point and resumed ends with the same weights as one never interrupted.
+Runs unchanged under torch.distributed (torchrun, Slurm): only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import os
+import random
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.utils.data
+
+from heritageseg.checkpoint import load_resume, save_resume, save_weights
+from heritageseg.classes import CLASS_NAMES
+from heritageseg.config import Params
+from heritageseg.data.cache import INFO, CacheDataset
+from heritageseg.data.transforms import eval_transform, normalization, train_transform
+from heritageseg.engine import evaluate, resolve_precision, train_one_epoch
+from heritageseg.errors import HeritagesegError
+from heritageseg.fileio import atomic_write_text, write_json
+from heritageseg.losses import build_loss
+from heritageseg.metrics import miou
+from heritageseg.models import build_model, count_parameters
+
+HISTORY = "history.csv"
+TRAIN_METRICS = "train_metrics.json"
+HISTORY_COLUMNS = [
+    "epoch",
+    "train_loss",
+    "val_loss",
+    "val_miou",
+    "lr",
+    "images_per_s",
+    "epoch_seconds",
+    "peak_mem_mb",
+]
+
+
+@dataclass(frozen=True)
+class Rank:
+    """Where this process sits in a torch.distributed job (world 1 when run alone)."""
+
+    rank: int = 0
+    world: int = 1
+    local: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed() -> Rank:
+    """Join the process group described by the environment (torchrun, Slurm via submitit)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Rank()
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+    return Rank(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def pick_device(rank: Rank, requested: str | None = None) -> torch.device:
+    if requested and requested != "auto":
+        return torch.device(requested)
+    if torch.cuda.is_available():
+        torch.cuda.set_device(rank.local)
+        return torch.device("cuda", rank.local)
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# ---------------------------------------------------------------- data
+
+
+class ShardSampler(torch.utils.data.Sampler):
+    """Every `world`-th index from `rank`: each sample seen exactly once across ranks, no
+    padding (DistributedSampler pads, which would count some pixels twice in the metrics)."""
+
+    def __init__(self, length: int, rank: Rank):
+        self.indices = list(range(rank.rank, length, rank.world))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def _seed_worker(worker_id: int) -> None:
+    """Seed numpy, random and the augmentation pipeline from the loader's per-worker seed."""
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+    info = torch.utils.data.get_worker_info()
+    _seed_transform(getattr(info.dataset, "transform", None), seed)
+
+
+def _seed_transform(transform: object, seed: int) -> None:
+    if transform is not None and hasattr(transform, "set_random_seed"):
+        transform.set_random_seed(seed)
+
+
+def make_loader(
+    dataset: CacheDataset,
+    batch_size: int,
+    *,
+    train: bool,
+    seed: int,
+    epoch: int,
+    rank: Rank,
+    workers: int,
+) -> torch.utils.data.DataLoader:
+    """A loader whose order and augmentations depend only on (seed, epoch, rank)."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    if train and rank.world > 1:
+        sampler = torch.utils.data.DistributedSampler(
+            dataset, rank.world, rank.rank, shuffle=True, seed=seed, drop_last=True
+        )
+        sampler.set_epoch(epoch)
+    elif train:
+        sampler = torch.utils.data.RandomSampler(dataset, generator=generator)
+    else:
+        sampler = ShardSampler(len(dataset), rank)
+    if workers == 0:
+        _seed_transform(dataset.transform, seed * 7919 + epoch * 31 + rank.rank)
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        worker_init_fn=_seed_worker if workers else None,
+        generator=generator,
+        drop_last=train and len(sampler) > batch_size,
+        persistent_workers=False,
+    )
+
+
+# ---------------------------------------------------------------- the stage
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    best_epoch: int
+    best_val_miou: float
+    epochs_run: int
+    stopped_early: bool
+    history: list[dict]
+
+
+def run_training(
+    params: Params,
+    arch: str,
+    cache: Path,
+    class_weights: Path,
+    out: Path,
+    *,
+    fresh: bool = False,
+    device: str | None = None,
+    progress: bool = True,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> TrainResult:
+    """Train `arch` on the cache's train split, early-stopping on validation mIoU."""
+    cfg, model_cfg = params.train, params.train.model(arch)
+    rank = init_distributed()
+    device_ = pick_device(rank, device)
+    seed_everything(cfg.seed + rank.rank)
+    precision = resolve_precision(cfg.precision, device_)
+    cache_info = json.loads((cache / INFO).read_text())
+    mean, std = normalization(model_cfg.encoder)
+    train_set = CacheDataset(
+        cache,
+        "train",
+        train_transform(
+            params.augment, model_cfg.image_size, mean, std, crop=cache_info["mode"] == "tile"
+        ),
+    )
+    val_set = CacheDataset(cache, "val", eval_transform(model_cfg.image_size, mean, std))
+    if len(train_set) == 0 or len(val_set) == 0:
+        raise HeritagesegError(f"{cache}: the train and val splits must both be non-empty")
+
+    model = build_model(model_cfg).to(device_)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    ddp_model = (
+        torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device_] if device_.type == "cuda" else None
+        )
+        if rank.world > 1
+        else model
+    )
+    loss_fn = build_loss(cfg.loss, _load_class_weights(class_weights).to(device_), model_cfg.head)
+    lr = cfg.lr_for(arch)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = _optimizer_steps(len(train_set), model_cfg.batch_size, rank, cfg.accumulate)
+    scheduler = _build_scheduler(cfg.scheduler, optimizer, lr, cfg.epochs, steps_per_epoch)
+    scaler = torch.amp.GradScaler(device_.type, enabled=precision.scale_grads)
+    fingerprint = _fingerprint(params, arch, cache_info)
+    objects = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
+
+    state = _start_state(out, objects, fingerprint, fresh)
+    config = _resolved_config(params, arch, mean, std, cache_info, precision, lr)
+    config["params_m"] = count_parameters(model)
+    start_time = time.perf_counter() - state["train_seconds"]
+    for epoch in range(state["epoch"], cfg.epochs):
+        if state["bad_epochs"] >= cfg.patience:
+            break
+        _reset_peak_memory(device_)
+        train_stats = train_one_epoch(
+            ddp_model,
+            make_loader(
+                train_set,
+                model_cfg.batch_size,
+                train=True,
+                seed=cfg.seed,
+                epoch=epoch,
+                rank=rank,
+                workers=cfg.num_workers,
+            ),
+            loss_fn,
+            optimizer,
+            precision=precision,
+            scaler=scaler,
+            scheduler=scheduler if cfg.scheduler == "onecycle" else None,
+            accumulate=cfg.accumulate,
+            clip_grad_norm=cfg.clip_grad_norm,
+            channels_last=cfg.channels_last,
+            device=device_,
+            progress=progress and rank.is_main,
+            description=f"{arch} epoch {epoch + 1}/{cfg.epochs}",
+        )
+        val_stats = evaluate(
+            ddp_model,
+            make_loader(
+                val_set,
+                model_cfg.batch_size,
+                train=False,
+                seed=cfg.seed,
+                epoch=epoch,
+                rank=rank,
+                workers=cfg.num_workers,
+            ),
+            loss_fn,
+            precision=precision,
+            channels_last=cfg.channels_last,
+            device=device_,
+        )
+        val_miou = miou(val_stats.confusion.numpy())
+        if cfg.scheduler == "plateau":
+            scheduler.step(val_miou)
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": train_stats.loss,
+            "val_loss": val_stats.loss,
+            "val_miou": val_miou,
+            "lr": optimizer.param_groups[0]["lr"],
+            "images_per_s": train_stats.images_per_second,
+            "epoch_seconds": train_stats.seconds + val_stats.seconds,
+            "peak_mem_mb": _peak_memory_mb(device_),
+        }
+        _advance(state, row, epoch, val_miou)
+        state["train_seconds"] = time.perf_counter() - start_time
+        if rank.is_main:
+            if state["best_epoch"] == epoch + 1:
+                save_weights(model, out, {**config, "best_epoch": epoch + 1, "val_miou": val_miou})
+            save_resume(out, objects, {**state, "fingerprint": fingerprint})
+            _write_history(out / HISTORY, state["history"])
+            if on_epoch is not None:
+                on_epoch(row)
+    result = TrainResult(
+        out=out,
+        best_epoch=state["best_epoch"],
+        best_val_miou=state["best_miou"],
+        epochs_run=len(state["history"]),
+        stopped_early=state["bad_epochs"] >= cfg.patience,
+        history=state["history"],
+    )
+    if rank.is_main:
+        write_json(out / TRAIN_METRICS, _train_metrics(result, state, config))
+    if rank.world > 1:
+        dist.barrier()
+    return result
+
+
+def _advance(state: dict, row: dict, epoch: int, val_miou: float) -> None:
+    state["history"].append(row)
+    state["epoch"] = epoch + 1
+    if val_miou > state["best_miou"]:
+        state.update(best_miou=val_miou, best_epoch=epoch + 1, bad_epochs=0)
+    else:
+        state["bad_epochs"] += 1
+
+
+def _start_state(out: Path, objects: dict, fingerprint: str, fresh: bool) -> dict:
+    """A new state, or the saved one when resuming the same params and data."""
+    state = {"epoch": 0, "history": [], "best_miou": -1.0, "best_epoch": 0,
+             "bad_epochs": 0, "train_seconds": 0.0}  # fmt: skip
+    saved_fingerprint = None if fresh else _resume_fingerprint(out)
+    if saved_fingerprint is not None and saved_fingerprint != fingerprint:
+        print(f"{out}/resume was saved with other params or data: starting over", flush=True)
+    elif saved_fingerprint is not None:
+        saved = load_resume(out, objects) or {}
+        saved.pop("fingerprint", None)
+        state.update(saved)
+        print(f"resuming {out} after epoch {state['epoch']}", flush=True)
+    return state
+
+
+def _resume_fingerprint(out: Path) -> str | None:
+    path = out / "resume" / "state.json"
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())["extra"].get("fingerprint")
+
+
+def _fingerprint(params: Params, arch: str, cache_info: dict) -> str:
+    """What must not change between a run and its resumption."""
+    import hashlib
+
+    content = {
+        "train": dataclasses.asdict(params.train),
+        "augment": dataclasses.asdict(params.augment),
+        "arch": arch,
+        "cache": cache_info,
+    }
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def _optimizer_steps(samples: int, batch: int, rank: Rank, accumulate: int) -> int:
+    per_rank = samples // rank.world if rank.world > 1 else samples
+    batches = per_rank // batch if per_rank > batch else 1
+    return max(1, -(-batches // accumulate))
+
+
+def _build_scheduler(kind: str, optimizer, lr: float, epochs: int, steps: int):
+    if kind == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * steps)
+    if kind == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", patience=2)
+    return None
+
+
+def _load_class_weights(path: Path) -> torch.Tensor:
+    if not path.is_file():
+        raise HeritagesegError(f"{path} not found: run `heritageseg weights` first")
+    document = json.loads(path.read_text())
+    if document.get("classes") != list(CLASS_NAMES):
+        raise HeritagesegError(f"{path}: classes do not match the 16 ARTeFACT classes")
+    return torch.tensor(document["weights"], dtype=torch.float32)
+
+
+def _resolved_config(params, arch, mean, std, cache_info, precision, lr) -> dict:
+    return {
+        "arch": arch,
+        "model": dataclasses.asdict(params.train.model(arch)),
+        "train": {
+            k: v
+            for k, v in dataclasses.asdict(params.train).items()
+            if k not in ("convnext", "segformer", "maxvit")
+        },
+        "augment": dataclasses.asdict(params.augment),
+        "lr": lr,
+        "precision": str(precision.dtype).replace("torch.", "") if precision.dtype else "fp32",
+        "classes": list(CLASS_NAMES),
+        "normalization": {"mean": list(mean), "std": list(std)},
+        "cache": cache_info,
+    }
+
+
+def _reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    """Max allocated on CUDA; the process's peak RSS on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _write_history(path: Path, history: list[dict]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def _train_metrics(result: TrainResult, state: dict, config: dict) -> dict:
+    rates = [row["images_per_s"] for row in result.history]
+    return {
+        "arch": config["arch"],
+        "best_epoch": result.best_epoch,
+        "best_val_miou": result.best_val_miou,
+        "epochs_run": result.epochs_run,
+        "stopped_early": result.stopped_early,
+        "train_seconds": state["train_seconds"],
+        "train_images_per_s": float(np.mean(rates)) if rates else 0.0,
+        "params_m": config["params_m"],
+        "peak_mem_mb": max((row["peak_mem_mb"] for row in result.history), default=0.0),
+    }

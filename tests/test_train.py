@@ -1,0 +1,248 @@
+"""The training stage for real on a tiny cache: checkpoints, determinism, resume after
+SIGKILL, non-finite losses and 2-process DDP (gloo on the CPU)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from heritageseg.checkpoint import load_weights
+from heritageseg.config import IngestConfig, PrepareConfig, SplitConfig, load_params
+from heritageseg.data.artefact import read_metadata
+from heritageseg.data.cache import CacheDataset, build_cache, iter_masks
+from heritageseg.data.ingest import run_ingest
+from heritageseg.data.splits import write_splits
+from heritageseg.data.transforms import eval_transform, normalization
+from heritageseg.data.weights import pixel_counts, weights_document
+from heritageseg.engine import NonFiniteLossError, evaluate, resolve_precision, train_one_epoch
+from heritageseg.fileio import write_json
+from heritageseg.losses import build_loss
+from heritageseg.models import build_model
+from heritageseg.train import Rank, make_loader, run_training
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+TINY_TRAIN = {
+    "epochs": 3,
+    "patience": 3,
+    "num_workers": 0,
+    "base_lr": 0.006,
+    "segformer": {"encoder": "mit_b0", "image_size": 64, "batch_size": 4},
+    "convnext": {"encoder": "tu-convnext_atto", "image_size": 64, "batch_size": 4},
+    "maxvit": {"encoder": "tu-maxvit_pico_rw_256", "image_size": 64, "batch_size": 4},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    """A project folder with params.yaml and a 40-image, 64 px cache and class weights."""
+    root = tmp_path_factory.mktemp("tiny")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["train"].update(TINY_TRAIN)
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    raw = root / "data" / "raw"
+    run_ingest(IngestConfig(n=40, min_size=64, max_size=112, workers=1), raw)
+    write_splits(read_metadata(raw), SplitConfig(), root / "data" / "splits")
+    cache = root / "data" / "cache"
+    build_cache(
+        raw, root / "data" / "splits" / "split.csv", cache, PrepareConfig(size=64, workers=1)
+    )
+    counts = pixel_counts(iter_masks(cache, "train"))
+    write_json(
+        root / "data" / "class_weights.json", weights_document(counts, load_params().weights)
+    )
+    return root
+
+
+def _train(tiny: Path, out: Path, **train_changes):
+    params = load_params(tiny / "params.yaml")
+    params = dataclasses.replace(params, train=dataclasses.replace(params.train, **train_changes))
+    return run_training(
+        params,
+        "segformer",
+        tiny / "data" / "cache",
+        tiny / "data" / "class_weights.json",
+        out,
+        progress=False,
+    )
+
+
+def test_training_writes_weights_config_history_and_metrics(tiny, tmp_path):
+    result = _train(tiny, tmp_path / "segformer")
+    folder = result.out
+    for name in ("model.safetensors", "config.json", "history.csv", "train_metrics.json"):
+        assert (folder / name).is_file(), name
+    history = (folder / "history.csv").read_text().splitlines()
+    assert history[0] == (
+        "epoch,train_loss,val_loss,val_miou,lr,images_per_s,epoch_seconds,peak_mem_mb"
+    )
+    assert len(history) == 4
+    config = json.loads((folder / "config.json").read_text())
+    assert config["classes"][9] == "Cracks"
+    assert config["model"]["encoder"] == "mit_b0"
+    assert len(config["normalization"]["mean"]) == 3
+    assert config["best_epoch"] == result.best_epoch
+    model = build_model(load_params(tiny / "params.yaml").train.segformer)
+    assert load_weights(model, folder)["arch"] == "segformer"
+    metrics = json.loads((folder / "train_metrics.json").read_text())
+    assert metrics["epochs_run"] == 3 and metrics["params_m"] > 1
+
+
+def test_a_few_epochs_lower_the_training_loss(tiny, tmp_path):
+    result = _train(tiny, tmp_path / "run", epochs=4)
+    losses = [row["train_loss"] for row in result.history]
+    assert losses[-1] < losses[0]
+
+
+def test_same_seed_gives_identical_weights_on_cpu(tiny, tmp_path):
+    _train(tiny, tmp_path / "a", epochs=2)
+    _train(tiny, tmp_path / "b", epochs=2)
+    first = load_file(str(tmp_path / "a" / "model.safetensors"))
+    second = load_file(str(tmp_path / "b" / "model.safetensors"))
+    assert all(torch.equal(first[key], second[key]) for key in first)
+
+
+def test_dataloader_workers_keep_training_deterministic(tiny, tmp_path):
+    _train(tiny, tmp_path / "a", epochs=1, num_workers=2)
+    _train(tiny, tmp_path / "b", epochs=1, num_workers=2)
+    first = load_file(str(tmp_path / "a" / "model.safetensors"))
+    second = load_file(str(tmp_path / "b" / "model.safetensors"))
+    assert all(torch.equal(first[key], second[key]) for key in first)
+
+
+def test_hierarchical_heads_train_and_validate(tiny, tmp_path):
+    params = load_params(tiny / "params.yaml")
+    segformer = dataclasses.replace(params.train.segformer, head="hierarchical")
+    result = _train(tiny, tmp_path / "h", epochs=1, segformer=segformer)
+    assert 0.0 <= result.best_val_miou <= 1.0
+    assert "net.segmentation_head" in " ".join(load_file(str(result.out / "model.safetensors")))
+
+
+def _train_command(tiny: Path, out: Path) -> list[str]:
+    return [
+        str(BIN / "heritageseg"), "--params", str(tiny / "params.yaml"), "train",
+        "--arch", "segformer", "--cache", str(tiny / "data" / "cache"),
+        "--weights", str(tiny / "data" / "class_weights.json"), "--out", str(out),
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_equals_the_uninterrupted_run(tiny, tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    uninterrupted = subprocess.run(
+        _train_command(tiny, tmp_path / "full"), env=env, capture_output=True, text=True
+    )
+    assert uninterrupted.returncode == 0, uninterrupted.stderr
+    process = subprocess.Popen(
+        _train_command(tiny, tmp_path / "killed"),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    state = tmp_path / "killed" / "segformer" / "resume" / "state.json"
+    deadline = time.monotonic() + 300
+    while not state.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.4)  # into the second epoch
+    assert process.poll() is None, "training finished before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    saved = json.loads(state.read_text())["extra"]
+    assert saved["epoch"] < 3
+    resumed = subprocess.run(
+        _train_command(tiny, tmp_path / "killed"), env=env, capture_output=True, text=True
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stdout
+    full = load_file(str(tmp_path / "full" / "segformer" / "model.safetensors"))
+    again = load_file(str(tmp_path / "killed" / "segformer" / "model.safetensors"))
+    for key, value in full.items():
+        torch.testing.assert_close(again[key], value, rtol=0, atol=1e-6)
+    history = (tmp_path / "full" / "segformer" / "history.csv").read_text().splitlines()
+    resumed_history = (tmp_path / "killed" / "segformer" / "history.csv").read_text()
+    for line_full, line_resumed in zip(history, resumed_history.splitlines(), strict=True):
+        # identical losses and mIoU; timing columns differ
+        assert line_full.split(",")[:5] == line_resumed.split(",")[:5]
+
+
+def test_non_finite_loss_stops_before_the_optimizer_step(tiny):
+    params = load_params(tiny / "params.yaml")
+    model = build_model(params.train.segformer)
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    batch = {"image": torch.full((2, 3, 64, 64), float("nan")), "mask": torch.zeros(2, 64, 64)}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    with pytest.raises(NonFiniteLossError, match="last good checkpoint is kept"):
+        train_one_epoch(
+            model,
+            [batch],
+            build_loss(params.train.loss),
+            optimizer,
+            precision=resolve_precision("fp32", torch.device("cpu")),
+            progress=False,
+        )
+    # the forward pass may touch BatchNorm statistics; the weights must stay untouched
+    assert all(torch.equal(before[k], v) for k, v in model.named_parameters())
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _ddp_confusion(rank: int, world: int, port: int, cache: str, result_file: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    matrix = _evaluate_val(Path(cache), Rank(rank, world, rank))
+    if rank == 0:
+        np.save(result_file, matrix)
+    torch.distributed.destroy_process_group()
+
+
+def _evaluate_val(cache: Path, rank: Rank) -> np.ndarray:
+    torch.manual_seed(0)
+    params = load_params()
+    model_cfg = dataclasses.replace(params.train.segformer, image_size=64)
+    model = build_model(model_cfg)
+    mean, std = normalization(model_cfg.encoder)
+    dataset = CacheDataset(cache, "val", eval_transform(64, mean, std))
+    loader = make_loader(dataset, 3, train=False, seed=0, epoch=0, rank=rank, workers=0)
+    stats = evaluate(model, loader, None, precision=resolve_precision("fp32", torch.device("cpu")))
+    return stats.confusion.numpy()
+
+
+def test_two_process_ddp_metrics_equal_the_single_process_ones(tiny, tmp_path):
+    cache = tiny / "data" / "cache"
+    single = _evaluate_val(cache, Rank())
+    result = tmp_path / "ddp.npy"
+    torch.multiprocessing.spawn(
+        _ddp_confusion, args=(2, _free_port(), str(cache), str(result)), nprocs=2, join=True
+    )
+    np.testing.assert_array_equal(np.load(result), single)
+    assert single.sum() > 0
+
+
+@pytest.mark.slow
+def test_two_process_ddp_training_runs_and_only_rank_zero_writes(tiny, tmp_path):
+    command = [
+        str(BIN / "torchrun"), "--standalone", "--nproc-per-node", "2",
+        "-m", "heritageseg.cli", *_train_command(tiny, tmp_path / "ddp")[1:],
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ})
+    assert done.returncode == 0, done.stderr[-3000:]
+    history = (tmp_path / "ddp" / "segformer" / "history.csv").read_text().splitlines()
+    assert len(history) == 4  # header + 3 epochs, written once
+    assert done.stdout.count("segformer: best val mIoU") == 1
