@@ -72,7 +72,7 @@ class SplitConfig:
 @dataclass(frozen=True)
 class PrepareConfig:
     mode: Literal["resize", "tile"] = "resize"
-    size: int = 192  # resize: side of the square cached image (aspect kept, padded with 255)
+    size: int = 160  # resize: side of the square cached image (aspect kept, padded with 255)
     tile_size: int = 384  # tile: side of the native-resolution tiles
     tile_overlap: int = 64
     workers: int = 0  # decoding processes; 0 = one per core
@@ -117,12 +117,83 @@ class AugmentConfig:
 
 
 @dataclass(frozen=True)
+class ModelConfig:
+    """One architecture: what `models.build_model` builds and how it is fed."""
+
+    encoder: str = "mit_b0"
+    decoder: Literal["unet", "upernet", "segformer"] = "unet"
+    encoder_weights: Literal["imagenet"] | None = None
+    head: Literal["fine", "hierarchical"] = "fine"
+    image_size: int = 160
+    batch_size: int = 16
+    lr: float | None = None  # None: base_lr * batch_size / base_batch_size
+
+    def __post_init__(self) -> None:
+        if self.image_size % 32:
+            raise ConfigError(f"image_size={self.image_size}: need a multiple of 32")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size={self.batch_size}: need at least 1")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    dice: float = 1.0  # multiclass Dice with class weights, ignore 255 (the reference)
+    ce: float = 0.0  # + weighted cross-entropy
+    focal: float = 0.0  # + focal loss
+    focal_gamma: float = 2.0
+    head_weights: tuple[float, float, float] = (0.2, 0.3, 0.5)  # binary, coarse, fine
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10
+    patience: int = 4  # early stopping on validation mIoU
+    base_lr: float = 1e-3
+    base_batch_size: int = 96  # the reference: lr 1e-3 at batch 96, scaled in proportion
+    weight_decay: float = 0.01
+    scheduler: Literal["onecycle", "plateau", "none"] = "onecycle"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: fp16 CUDA, bf16 CPU
+    accumulate: int = 1
+    clip_grad_norm: float | None = 1.0
+    channels_last: bool = True
+    num_workers: int = 2
+    seed: int = 0
+    loss: LossConfig = field(default_factory=LossConfig)
+    convnext: ModelConfig = field(
+        default_factory=lambda: ModelConfig(encoder="tu-convnext_atto", batch_size=16)
+    )
+    segformer: ModelConfig = field(
+        default_factory=lambda: ModelConfig(encoder="mit_b0", batch_size=16)
+    )
+    maxvit: ModelConfig = field(
+        default_factory=lambda: ModelConfig(encoder="tu-maxvit_pico_rw_256", batch_size=16)
+    )
+
+    def model(self, arch: str) -> ModelConfig:
+        if arch not in ARCHS:
+            raise ConfigError(f"unknown architecture {arch!r}; valid: {', '.join(ARCHS)}")
+        return getattr(self, arch)
+
+    def lr_for(self, arch: str) -> float:
+        model = self.model(arch)
+        return (
+            model.lr
+            if model.lr is not None
+            else self.base_lr * model.batch_size / self.base_batch_size
+        )
+
+
+ARCHS = ("convnext", "segformer", "maxvit")
+
+
+@dataclass(frozen=True)
 class Params:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     weights: WeightsConfig = field(default_factory=WeightsConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
@@ -137,10 +208,13 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     return from_mapping(Params, data, where=str(path))
 
 
-def from_mapping(cls: type, data: Any, where: str) -> Any:
-    """Build dataclass `cls` from a mapping, checking every key and value type."""
+def from_mapping(cls: type, data: Any, where: str, base: Any = None) -> Any:
+    """Build dataclass `cls` from a mapping, checking every key and value type. Keys left
+    out keep their value in `base` (default: `cls()`), so a section may name only what
+    it changes."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    base = cls() if base is None else base
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
@@ -148,8 +222,13 @@ def from_mapping(cls: type, data: Any, where: str) -> Any:
             f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(fields)}"
         )
     hints = typing.get_type_hints(cls)
-    values = {name: _coerce(hints[name], value, f"{where}: {name}") for name, value in data.items()}
-    return cls(**values)
+    values = {}
+    for name, value in data.items():
+        if dataclasses.is_dataclass(hints[name]):
+            values[name] = from_mapping(hints[name], value, f"{where}: {name}", getattr(base, name))
+        else:
+            values[name] = _coerce(hints[name], value, f"{where}: {name}")
+    return dataclasses.replace(base, **values)
 
 
 def with_overrides(config: Any, **overrides: Any) -> Any:
@@ -161,8 +240,6 @@ def with_overrides(config: Any, **overrides: Any) -> Any:
 
 
 def _coerce(hint: Any, value: Any, where: str) -> Any:
-    if dataclasses.is_dataclass(hint):
-        return from_mapping(hint, value, where)
     origin = typing.get_origin(hint)
     if origin is Literal:
         allowed = typing.get_args(hint)
@@ -175,6 +252,14 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
             return None
         (inner,) = [a for a in args if a is not type(None)]
         return _coerce(inner, value, where)
+    if origin is tuple:
+        kinds = typing.get_args(hint)
+        if not isinstance(value, list | tuple) or len(value) != len(kinds):
+            raise ConfigError(f"{where}={value!r}: expected a list of {len(kinds)} values")
+        return tuple(
+            _coerce(k, v, f"{where}[{i}]")
+            for i, (k, v) in enumerate(zip(kinds, value, strict=True))
+        )
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint in (int, str, bool, float) and (

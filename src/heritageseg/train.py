@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import io
 import json
 import os
@@ -222,6 +223,10 @@ def run_training(
     state = _start_state(out, objects, fingerprint, fresh)
     config = _resolved_config(params, arch, mean, std, cache_info, precision, lr)
     config["params_m"] = count_parameters(model)
+    loader = functools.partial(
+        make_loader, batch_size=model_cfg.batch_size, seed=cfg.seed, rank=rank,
+        workers=cfg.num_workers,
+    )  # fmt: skip
     start_time = time.perf_counter() - state["train_seconds"]
     for epoch in range(state["epoch"], cfg.epochs):
         if state["bad_epochs"] >= cfg.patience:
@@ -229,15 +234,7 @@ def run_training(
         _reset_peak_memory(device_)
         train_stats = train_one_epoch(
             ddp_model,
-            make_loader(
-                train_set,
-                model_cfg.batch_size,
-                train=True,
-                seed=cfg.seed,
-                epoch=epoch,
-                rank=rank,
-                workers=cfg.num_workers,
-            ),
+            loader(train_set, train=True, epoch=epoch),
             loss_fn,
             optimizer,
             precision=precision,
@@ -252,15 +249,7 @@ def run_training(
         )
         val_stats = evaluate(
             ddp_model,
-            make_loader(
-                val_set,
-                model_cfg.batch_size,
-                train=False,
-                seed=cfg.seed,
-                epoch=epoch,
-                rank=rank,
-                workers=cfg.num_workers,
-            ),
+            loader(val_set, train=False, epoch=epoch),
             loss_fn,
             precision=precision,
             channels_last=cfg.channels_last,

@@ -1,0 +1,265 @@
+"""Benchmark commands: they print measured figures; no test asserts on timings."""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.utils.data
+
+from heritageseg.config import IngestConfig
+from heritageseg.data.artefact import decode_record, iter_parquet
+from heritageseg.data.ingest import run_ingest, synthetic_records
+
+
+def bench_ingest(cfg: IngestConfig) -> dict[str, float]:
+    """Images/s of the synthetic generator, the whole ingest stage, and the shard reader."""
+    cfg = dataclasses.replace(cfg, source="synthetic", on_error="fail")
+    figures: dict[str, float] = {}
+    start = time.perf_counter()
+    generated = sum(1 for _ in synthetic_records(cfg))
+    figures["generator_img_s"] = generated / (time.perf_counter() - start)
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "raw"
+        start = time.perf_counter()
+        result = run_ingest(cfg, out)
+        figures["ingest_s"] = time.perf_counter() - start
+        start = time.perf_counter()
+        megapixels = 0.0
+        for raw in iter_parquet(out):
+            record = decode_record(raw)
+            megapixels += record.mask.size / 1e6
+        elapsed = time.perf_counter() - start
+        figures["reader_img_s"] = result.records / elapsed
+        figures["reader_mpx_s"] = megapixels / elapsed
+    figures["images"] = float(cfg.n)
+    return figures
+
+
+# ---------------------------------------------------------------- bench data
+
+
+def prepare_bench_cache(raw_cfg: IngestConfig, folder: Path, size: int) -> tuple[Path, Path]:
+    """A synthetic raw set and its resize cache at `size` px, built in `folder`."""
+    from heritageseg.config import PrepareConfig, SplitConfig
+    from heritageseg.data.artefact import read_metadata
+    from heritageseg.data.cache import build_cache
+    from heritageseg.data.splits import write_splits
+
+    raw = folder / "raw"
+    run_ingest(dataclasses.replace(raw_cfg, source="synthetic"), raw)
+    write_splits(read_metadata(raw), SplitConfig(), folder / "splits")
+    cache = folder / "cache"
+    build_cache(raw, folder / "splits" / "split.csv", cache, PrepareConfig(size=size))
+    return raw, cache
+
+
+class ParquetDecodeDataset:
+    """The baseline: every sample read from its shard and decoded again, as without a cache."""
+
+    def __init__(self, raw: Path, ids: list[str], size: int, transform):
+        import pyarrow.parquet as pq
+
+        from heritageseg.data.artefact import find_shards
+
+        wanted = set(ids)
+        self.locations: list[tuple[Path, int, int]] = []  # shard, row group, row in group
+        for shard in find_shards(raw):
+            parquet = pq.ParquetFile(shard)
+            for group in range(parquet.num_row_groups):
+                names = parquet.read_row_group(group, columns=["id"]).column("id").to_pylist()
+                self.locations += [(shard, group, i) for i, n in enumerate(names) if n in wanted]
+        self.size = size
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.locations)
+
+    def __getitem__(self, item: int) -> dict:
+        import pyarrow.parquet as pq
+
+        from heritageseg.data.artefact import record_from_row
+        from heritageseg.data.cache import resize_to_square
+
+        shard, group, offset = self.locations[item]
+        table = pq.ParquetFile(shard).read_row_group(group).slice(offset, 1)
+        raw = record_from_row(table.to_pylist()[0], f"{shard.name} group {group}")
+        record = decode_record(raw)
+        piece = resize_to_square(record.image, record.mask, self.size)
+        out = self.transform(image=piece.image, mask=piece.mask)
+        return {"image": out["image"], "mask": out["mask"].long()}
+
+
+def _loader_rate(kind: str, raw: str, cache: str, size: int, workers: int, queue) -> None:
+    """Runs in a fresh process so that its peak memory is its own."""
+    import resource
+
+    import torch
+
+    from heritageseg.config import AugmentConfig
+    from heritageseg.data.cache import CacheDataset
+    from heritageseg.data.transforms import normalization, train_transform
+
+    torch.set_num_threads(1)
+    mean, std = normalization("mit_b0")
+    transform = train_transform(AugmentConfig(), size, mean, std)
+    dataset = CacheDataset(Path(cache), "train", transform)
+    if kind == "decode":
+        dataset = ParquetDecodeDataset(Path(raw), list(dataset.index["id"]), size, transform)
+    # this process was spawned, which makes spawn the default for its children too: fork the
+    # workers, as a training run started from the command line does
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=16,
+        shuffle=True,
+        num_workers=workers,
+        multiprocessing_context="fork" if workers else None,
+    )
+    seen = 0
+    start = time.perf_counter()
+    for epoch in range(2):
+        if epoch == 1:  # the first epoch pays for start-up and a cold page cache
+            seen, start = 0, time.perf_counter()
+        for batch in loader:
+            seen += len(batch["image"])
+    rate = seen / (time.perf_counter() - start)
+    del loader
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    child_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    queue.put({"img_s": rate, "peak_mb": (peak_kb + workers * child_kb) / 1024})
+
+
+def _measure_loader(kind: str, raw: Path, cache: Path, size: int, workers: int) -> dict:
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(
+        target=_loader_rate, args=(kind, str(raw), str(cache), size, workers, queue)
+    )
+    process.start()
+    result = queue.get()
+    process.join()
+    return result
+
+
+def training_rate(encoder: str, size: int, batch: int = 8, steps: int = 4) -> float:
+    """Train images/s of a U-Net on `encoder` in a bare loop: what the loader must outpace."""
+    import segmentation_models_pytorch as smp
+    import torch
+
+    kwargs = {"img_size": size} if "maxvit" in encoder else {}
+    model = smp.Unet(encoder, encoder_weights=None, classes=16, **kwargs)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    images = torch.randn(batch, 3, size, size)
+    masks = torch.randint(0, 16, (batch, size, size))
+    model.train()
+    start = 0.0
+    for step in range(steps + 1):
+        if step == 1:
+            start = time.perf_counter()
+        loss = torch.nn.functional.cross_entropy(model(images), masks)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return batch * steps / (time.perf_counter() - start)
+
+
+def bench_data(raw_cfg: IngestConfig, size: int, workers: int, train_size: int) -> dict:
+    with tempfile.TemporaryDirectory() as folder:
+        raw, cache = prepare_bench_cache(raw_cfg, Path(folder), size)
+        figures = {
+            "cache": _measure_loader("cache", raw, cache, size, workers),
+            "decode": _measure_loader("decode", raw, cache, size, workers),
+        }
+    figures["train_img_s"] = {
+        encoder: training_rate(encoder, train_size) for encoder in ("mit_b0", "tu-convnext_atto")
+    }
+    return figures
+
+
+# ---------------------------------------------------------------- bench train
+
+
+class _RandomImages(torch.utils.data.Dataset):
+    """Fixed random samples, so both loops see identical data at no loading cost."""
+
+    def __init__(self, count: int, size: int):
+        generator = torch.Generator().manual_seed(0)
+        self.images = torch.randn(count, 3, size, size, generator=generator)
+        self.masks = torch.randint(0, 16, (count, size, size), generator=generator)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, item: int) -> dict:
+        return {"image": self.images[item], "mask": self.masks[item]}
+
+
+def _bare_epoch(model, loader, loss_fn, optimizer, precision, channels_last, clip) -> float:
+    """The plain PyTorch loop the engine is measured against (same clipping)."""
+    model.train()
+    start = time.perf_counter()
+    for batch in loader:
+        images = batch["image"]
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with precision.autocast():
+            loss = loss_fn(model(images), batch["mask"])
+        loss.backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return time.perf_counter() - start
+
+
+def bench_train(params, arch: str, batches: int, rounds: int) -> dict:
+    """Training img/s of engine.train_one_epoch against a bare loop, interleaved."""
+    from heritageseg.engine import resolve_precision, train_one_epoch
+    from heritageseg.losses import build_loss
+    from heritageseg.models import build_model
+
+    cfg, model_cfg = params.train, params.train.model(arch)
+    torch.manual_seed(0)
+    model = build_model(model_cfg)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    precision = resolve_precision(cfg.precision, torch.device("cpu"))
+    loss_fn = build_loss(cfg.loss, torch.ones(16), model_cfg.head)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    data = _RandomImages(batches * model_cfg.batch_size, model_cfg.image_size)
+    loader = torch.utils.data.DataLoader(data, batch_size=model_cfg.batch_size)
+    bare_args = (
+        model,
+        loader,
+        loss_fn,
+        optimizer,
+        precision,
+        cfg.channels_last,
+        cfg.clip_grad_norm,
+    )
+    _bare_epoch(*bare_args)  # warm-up
+    engine_s, bare_s = [], []
+    for _ in range(rounds):
+        stats = train_one_epoch(
+            model, loader, loss_fn, optimizer, precision=precision,
+            clip_grad_norm=cfg.clip_grad_norm, channels_last=cfg.channels_last, progress=True,
+        )  # fmt: skip
+        engine_s.append(stats.seconds)
+        bare_s.append(_bare_epoch(*bare_args))
+    images = len(data)
+    engine, bare = images / float(np.median(engine_s)), images / float(np.median(bare_s))
+    return {
+        "engine_img_s": engine,
+        "bare_img_s": bare,
+        "overhead_pct": 100 * (bare / engine - 1),
+        "precision": str(precision.dtype or "fp32"),
+        "encoder": model_cfg.encoder,
+        "image_size": model_cfg.image_size,
+        "batch_size": model_cfg.batch_size,
+    }

@@ -1,0 +1,259 @@
+"""The `heritageseg` command: one subcommand per pipeline stage. Thin: parse, call, print."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from heritageseg.config import ARCHS, load_params, with_overrides
+from heritageseg.errors import HeritagesegError
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args) or 0
+    except HeritagesegError as error:
+        print(f"heritageseg: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("heritageseg: interrupted", file=sys.stderr)
+        return 130
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="heritageseg", description=__doc__)
+    parser.add_argument("--params", default="params.yaml", help="parameters file (params.yaml)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    ingest = commands.add_parser("ingest", help="read a source into validated ARTeFACT shards")
+    ingest.add_argument("--source", choices=["synthetic", "parquet", "folder", "hf"])
+    ingest.add_argument("--out", default="data/raw", help="output folder (default data/raw)")
+    ingest.add_argument("--path", help="parquet shards or PNG folder; hf: download folder")
+    ingest.add_argument("--n", type=int, help="synthetic: number of records")
+    ingest.add_argument("--seed", type=int, help="synthetic: seed")
+    ingest.add_argument("--on-error", choices=["fail", "skip"])
+    ingest.set_defaults(handler=_ingest)
+
+    split = commands.add_parser("split", help="grouped, stratified train/val/test + LOO folds")
+    split.add_argument("--raw", default="data/raw", help="ingested shards (default data/raw)")
+    split.add_argument("--out", default="data/splits", help="output folder (default data/splits)")
+    split.set_defaults(handler=_split)
+
+    prepare = commands.add_parser("prepare", help="decode once into the uint8 memmap cache")
+    prepare.add_argument("--raw", default="data/raw")
+    prepare.add_argument("--splits", default="data/splits")
+    prepare.add_argument("--out", default="data/cache")
+    prepare.add_argument("--mode", choices=["resize", "tile"], help="override prepare.mode")
+    prepare.set_defaults(handler=_prepare)
+
+    weights = commands.add_parser("weights", help="class weights from the train split")
+    weights.add_argument("--cache", default="data/cache")
+    weights.add_argument("--out", default="data/class_weights.json")
+    weights.set_defaults(handler=_weights)
+
+    train = commands.add_parser("train", help="train one architecture (or all) on the cache")
+    train.add_argument("--arch", required=True, choices=[*ARCHS, "all"])
+    train.add_argument("--cache", default="data/cache")
+    train.add_argument("--weights", default="data/class_weights.json")
+    train.add_argument("--out", default="models", help="writes OUT/ARCH (default models)")
+    train.add_argument("--fresh", action="store_true", help="ignore a saved resume state")
+    train.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA when available)")
+    train.set_defaults(handler=_train)
+
+    summary = commands.add_parser("summary", help="print what the pipeline has produced")
+    summary.add_argument("--raw", default="data/raw")
+    summary.add_argument("--models", default="models")
+    summary.set_defaults(handler=_summary)
+
+    bench = commands.add_parser("bench", help="benchmarks that print measured figures")
+    bench_kinds = bench.add_subparsers(dest="bench", required=True)
+    bench_ingest = bench_kinds.add_parser("ingest", help="synthetic generator and reader img/s")
+    bench_ingest.add_argument("--n", type=int, help="images (default: ingest.n)")
+    bench_ingest.set_defaults(handler=_bench_ingest)
+    bench_data = bench_kinds.add_parser("data", help="cache-backed loader vs decoding each time")
+    bench_data.add_argument("--n", type=int, default=120, help="synthetic images (default 120)")
+    bench_data.add_argument(
+        "--min-size", type=int, default=1024, help="smallest side drawn (real images: 371+)"
+    )
+    bench_data.add_argument("--max-size", type=int, default=2048, help="largest side drawn")
+    bench_data.add_argument("--size", type=int, default=384, help="sample side (default 384)")
+    bench_data.add_argument("--workers", type=int, default=2, help="DataLoader workers")
+    bench_data.add_argument("--train-size", type=int, help="model input (default prepare.size)")
+    bench_data.set_defaults(handler=_bench_data)
+    bench_train = bench_kinds.add_parser("train", help="engine vs bare PyTorch loop, img/s")
+    bench_train.add_argument("--arch", required=True, choices=ARCHS)
+    bench_train.add_argument("--batches", type=int, default=6, help="batches per round")
+    bench_train.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median)")
+    bench_train.add_argument("--image-size", type=int, help="override train.ARCH.image_size")
+    bench_train.add_argument("--encoder", help="override train.ARCH.encoder")
+    bench_train.add_argument("--batch-size", type=int, help="override train.ARCH.batch_size")
+    bench_train.set_defaults(handler=_bench_train)
+    return parser
+
+
+def _ingest(args: argparse.Namespace) -> None:
+    from heritageseg.data.ingest import REJECTS, run_ingest
+
+    cfg = with_overrides(
+        load_params(args.params).ingest,
+        source=args.source,
+        path=args.path,
+        n=args.n,
+        seed=args.seed,
+        on_error=args.on_error,
+    )
+    result = run_ingest(cfg, args.out)
+    print(f"ingested {result.records} records into {result.out}", end="")
+    if cfg.on_error == "skip":
+        print(f"; rejected {len(result.rejects)} (listed in {result.out / REJECTS})", end="")
+    print()
+
+
+def _split(args: argparse.Namespace) -> None:
+    from heritageseg.data.artefact import read_metadata
+    from heritageseg.data.splits import write_splits
+
+    cfg = load_params(args.params).split
+    result = write_splits(read_metadata(args.raw), cfg, Path(args.out))
+    counts = ", ".join(
+        f"{name} {n} ({result.groups[name]} groups)" for name, n in result.counts.items()
+    )
+    print(f"split into {counts}; no group crosses splits; folds in {args.out}")
+
+
+def _prepare(args: argparse.Namespace) -> None:
+    from heritageseg.data.cache import build_cache
+
+    cfg = with_overrides(load_params(args.params).prepare, mode=args.mode)
+    info = build_cache(Path(args.raw), Path(args.splits) / "split.csv", Path(args.out), cfg)
+    rows = ", ".join(f"{k} {v}" for k, v in info["rows_per_split"].items())
+    print(f"cached {info['rows']} {cfg.mode} samples of {info['side']} px ({rows}) in {args.out}")
+
+
+def _weights(args: argparse.Namespace) -> None:
+    from heritageseg.data.cache import iter_masks
+    from heritageseg.data.weights import pixel_counts, weights_document
+    from heritageseg.fileio import write_json
+
+    cfg = load_params(args.params).weights
+    document = weights_document(pixel_counts(iter_masks(Path(args.cache), "train")), cfg)
+    write_json(args.out, document)
+    low, high = min(document["weights"]), max(document["weights"])
+    print(f"{cfg.method} weights {low:.3f}..{high:.3f} (ratio {high / low:.1f}) in {args.out}")
+
+
+def _train(args: argparse.Namespace) -> None:
+    from heritageseg.train import run_training
+
+    params = load_params(args.params)
+    for arch in ARCHS if args.arch == "all" else [args.arch]:
+        result = run_training(
+            params,
+            arch,
+            Path(args.cache),
+            Path(args.weights),
+            Path(args.out) / arch,
+            fresh=args.fresh,
+            device=args.device,
+        )
+        if int(os.environ.get("RANK", "0")) != 0:
+            continue  # under torchrun every rank trains; one reports
+        print(
+            f"{arch}: best val mIoU {result.best_val_miou:.4f} at epoch {result.best_epoch} "
+            f"of {result.epochs_run}{' (early stop)' if result.stopped_early else ''}; "
+            f"weights in {result.out}"
+        )
+
+
+def _summary(args: argparse.Namespace) -> None:
+    from heritageseg.models import family
+    from heritageseg.summary import dataset_summary, training_summary
+
+    manifest = Path(args.raw) / "manifest.json"
+    if not manifest.exists():
+        raise HeritagesegError(f"{manifest} does not exist: run `dvc repro` (or make repro)")
+    print(dataset_summary(json.loads(manifest.read_text())))
+    rows = []
+    for arch in ARCHS:
+        folder = Path(args.models) / arch
+        if (folder / "train_metrics.json").is_file():
+            config = json.loads((folder / "config.json").read_text())
+            metrics = json.loads((folder / "train_metrics.json").read_text())
+            encoder = config["model"]["encoder"]
+            rows.append({**metrics, "encoder": encoder, "family": family(encoder)})
+    if rows:
+        print()
+        print(training_summary(rows))
+
+
+def _bench_ingest(args: argparse.Namespace) -> None:
+    from heritageseg.bench import bench_ingest
+
+    cfg = with_overrides(load_params(args.params).ingest, n=args.n)
+    figures = bench_ingest(cfg)
+    n = int(figures["images"])
+    print(f"synthetic ARTeFACT, {n} images of {cfg.min_size}-{cfg.max_size} px per side")
+    print(f"  generator (generate + PNG encode): {figures['generator_img_s']:8.1f} img/s")
+    print(f"  ingest stage (+ validate + shards): {figures['ingest_s']:8.1f} s in all")
+    print(
+        f"  reader (parquet -> RGB + mask):     {figures['reader_img_s']:8.1f} img/s"
+        f"  ({figures['reader_mpx_s']:.1f} Mpx/s)"
+    )
+
+
+def _bench_data(args: argparse.Namespace) -> None:
+    from heritageseg.bench import bench_data
+
+    params = load_params(args.params)
+    train_size = args.train_size or params.prepare.size
+    source = with_overrides(params.ingest, n=args.n, min_size=args.min_size, max_size=args.max_size)
+    figures = bench_data(source, args.size, args.workers, train_size)
+    cache, decode = figures["cache"], figures["decode"]
+    print(
+        f"train loader: {args.n} synthetic images of {args.min_size}-{args.max_size} px, "
+        f"{args.size} px samples, train augmentations, {args.workers} workers, batch 16"
+    )
+    for name, row in (("uint8 memmap cache", cache), ("decode parquet each time", decode)):
+        print(f"  {name:<26}{row['img_s']:8.1f} img/s   peak {row['peak_mb']:7.0f} MB")
+    print(f"  cache speed-up: {cache['img_s'] / decode['img_s']:.1f}x")
+    for encoder, rate in figures["train_img_s"].items():
+        ratio = cache["img_s"] / rate
+        print(
+            f"  {encoder} U-Net trains at {rate:.1f} img/s ({train_size} px): loader {ratio:.1f}x"
+        )
+
+
+def _bench_train(args: argparse.Namespace) -> None:
+    import dataclasses
+
+    from heritageseg.bench import bench_train
+
+    params = load_params(args.params)
+    model = with_overrides(
+        params.train.model(args.arch),
+        image_size=args.image_size,
+        encoder=args.encoder,
+        batch_size=args.batch_size,
+    )
+    train = dataclasses.replace(params.train, **{args.arch: model})
+    figures = bench_train(
+        dataclasses.replace(params, train=train), args.arch, args.batches, args.rounds
+    )
+    print(
+        f"{args.arch} ({figures['encoder']}, {figures['image_size']} px, batch "
+        f"{figures['batch_size']}, {figures['precision']}): engine {figures['engine_img_s']:.2f} "
+        f"img/s, bare loop {figures['bare_img_s']:.2f} img/s, "
+        f"overhead {figures['overhead_pct']:+.1f}%"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
