@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from heritageseg.classes import CLASS_NAMES
+
 
 def dataset_summary(manifest: dict) -> str:
     """The ingested data set in a few lines: size, sources, class pixel shares."""
@@ -19,7 +21,8 @@ def dataset_summary(manifest: dict) -> str:
         "",
         f"{'class':<16}{'pixels':>14}{'share':>9}",
     ]
-    for name, count in pixels.items():
+    for name in [*CLASS_NAMES, "Background"]:
+        count = pixels[name]
         share = "" if name == "Background" else f"{100 * count / labelled:8.3f}%"
         lines.append(f"{name:<16}{count:>14,}{share:>9}")
     return "\n".join(lines)
