@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from heritageseg.metrics import ConfusionMatrix, confusion, scores
+from heritageseg.metrics import ConfusionMatrix, bootstrap_miou, confusion, scores
 
 
 def _names(n):
@@ -57,3 +57,21 @@ def test_ignored_pixels_never_count():
     target = torch.full((4, 4), 255)
     assert confusion(torch.zeros(4, 4), target).sum() == 0
     assert scores(np.zeros((16, 16), np.int64))["miou"] == 0.0
+
+
+def test_bootstrap_interval_brackets_the_estimate_and_shrinks_with_agreement():
+    rng = np.random.default_rng(0)
+    noisy = []
+    for _ in range(30):
+        matrix = np.zeros((16, 16), np.int64)
+        matrix[0, 0] = 1000
+        matrix[3, 3], matrix[3, 0] = rng.integers(0, 100), rng.integers(0, 100)
+        noisy.append(matrix)
+    noisy = np.stack(noisy)
+    low, high = bootstrap_miou(noisy, iterations=300)
+    estimate = scores(noisy.sum(axis=0))["miou"]
+    assert low < estimate < high
+    identical = np.stack([noisy[0]] * 30)
+    same_low, same_high = bootstrap_miou(identical, iterations=300)
+    assert same_low == pytest.approx(same_high)
+    assert bootstrap_miou(noisy, iterations=300) == (low, high)  # seeded

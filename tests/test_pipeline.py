@@ -64,6 +64,14 @@ def test_dvc_repro_runs_every_stage_and_is_a_no_op_the_second_time(project: Path
     for arch in ("convnext", "segformer", "maxvit"):
         for name in ("model.safetensors", "config.json", "history.csv", "train_metrics.json"):
             assert (project / "models" / arch / name).is_file(), f"{arch}/{name}"
+        for name in ("metrics.json", "metrics_native.json"):
+            metrics = json.loads((project / "metrics" / arch / name).read_text())
+            assert metrics["arch"] == arch and len(metrics["per_class"]) == 16
+    shown = _run([str(BIN / "dvc"), "metrics", "show"], project)
+    assert "metrics/segformer/metrics.json" in shown.stdout
+    summary = _run([str(BIN / "heritageseg"), "summary"], project).stdout
+    assert "test mIoU (95% CI)" in summary
+    assert all(f"{arch} " in summary for arch in ("convnext", "segformer", "maxvit"))
     again = _run([str(BIN / "dvc"), "repro"], project)
     assert "didn't change" in again.stdout or "up to date" in again.stdout
     status = _run([str(BIN / "dvc"), "status"], project)

@@ -28,6 +28,7 @@ from heritageseg.data.splits import write_splits
 from heritageseg.data.transforms import eval_transform, normalization
 from heritageseg.data.weights import pixel_counts, weights_document
 from heritageseg.engine import NonFiniteLossError, evaluate, resolve_precision, train_one_epoch
+from heritageseg.evaluate import run_evaluation
 from heritageseg.fileio import write_json
 from heritageseg.losses import build_loss
 from heritageseg.models import build_model
@@ -246,3 +247,41 @@ def test_two_process_ddp_training_runs_and_only_rank_zero_writes(tiny, tmp_path)
     history = (tmp_path / "ddp" / "segformer" / "history.csv").read_text().splitlines()
     assert len(history) == 4  # header + 3 epochs, written once
     assert done.stdout.count("segformer: best val mIoU") == 1
+
+
+SCHEMA_KEYS = {
+    "arch", "split", "miou", "miou_damage", "dice", "pixel_accuracy", "precision", "recall",
+    "f1", "miou_ci95", "per_class", "confusion_matrix", "throughput_img_s", "latency_ms",
+    "params_m", "peak_mem_mb",
+}  # fmt: skip
+CLASS_KEYS = {"iou", "dice", "precision", "recall", "f1", "support", "present"}
+
+
+def test_evaluate_writes_metrics_in_the_schema_at_both_resolutions(tiny, tmp_path):
+    _train(tiny, tmp_path / "models" / "segformer", epochs=1)
+    params = load_params(tiny / "params.yaml")
+    documents = run_evaluation(
+        params,
+        "segformer",
+        cache=tiny / "data" / "cache",
+        raw=tiny / "data" / "raw",
+        splits=tiny / "data" / "splits",
+        model_dir=tmp_path / "models" / "segformer",
+        split="test",
+    )
+    assert set(documents) == {"metrics.json", "metrics_native.json"}
+    for document in documents.values():
+        assert set(document) == SCHEMA_KEYS
+        assert document["arch"] == "segformer" and document["split"] == "test"
+        assert len(document["per_class"]) == 16
+        assert all(set(entry) == CLASS_KEYS for entry in document["per_class"].values())
+        matrix = np.array(document["confusion_matrix"])
+        assert matrix.shape == (16, 16) and matrix.sum() > 0
+        low, high = document["miou_ci95"]
+        assert 0.0 <= low <= high <= 1.0
+        assert 0.0 <= document["miou"] <= 1.0 and document["throughput_img_s"] > 0
+        present = [e["iou"] for e in document["per_class"].values() if e["present"]]
+        assert document["miou"] == pytest.approx(np.mean(present))
+    native = np.array(documents["metrics_native.json"]["confusion_matrix"]).sum()
+    prepared = np.array(documents["metrics.json"]["confusion_matrix"]).sum()
+    assert native != prepared  # full-size pixels, not the 64 px cache's

@@ -68,9 +68,20 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA when available)")
     train.set_defaults(handler=_train)
 
+    evaluate = commands.add_parser("evaluate", help="score a trained architecture")
+    evaluate.add_argument("--arch", required=True, choices=ARCHS)
+    evaluate.add_argument("--split", choices=["test", "val"], help="default evaluate.split")
+    evaluate.add_argument("--cache", default="data/cache")
+    evaluate.add_argument("--raw", default="data/raw")
+    evaluate.add_argument("--splits", default="data/splits")
+    evaluate.add_argument("--models", default="models")
+    evaluate.add_argument("--out", default="metrics", help="writes OUT/ARCH (default metrics)")
+    evaluate.set_defaults(handler=_evaluate)
+
     summary = commands.add_parser("summary", help="print what the pipeline has produced")
     summary.add_argument("--raw", default="data/raw")
     summary.add_argument("--models", default="models")
+    summary.add_argument("--metrics", default="metrics")
     summary.set_defaults(handler=_summary)
 
     bench = commands.add_parser("bench", help="benchmarks that print measured figures")
@@ -173,25 +184,57 @@ def _train(args: argparse.Namespace) -> None:
         )
 
 
+def _evaluate(args: argparse.Namespace) -> None:
+    from heritageseg.evaluate import run_evaluation
+    from heritageseg.fileio import write_json
+
+    params = load_params(args.params)
+    split = args.split or params.evaluate.split
+    documents = run_evaluation(
+        params,
+        args.arch,
+        cache=Path(args.cache),
+        raw=Path(args.raw),
+        splits=Path(args.splits),
+        model_dir=Path(args.models) / args.arch,
+        split=split,
+    )
+    for name, document in documents.items():
+        write_json(Path(args.out) / args.arch / name, document)
+        low, high = document["miou_ci95"]
+        print(
+            f"{args.arch} {split} {name}: mIoU {100 * document['miou']:.2f}% "
+            f"[{100 * low:.2f}, {100 * high:.2f}], {document['throughput_img_s']:.1f} img/s"
+        )
+
+
 def _summary(args: argparse.Namespace) -> None:
-    from heritageseg.models import family
-    from heritageseg.summary import dataset_summary, training_summary
+    from heritageseg.summary import dataset_summary, results_summary
 
     manifest = Path(args.raw) / "manifest.json"
     if not manifest.exists():
         raise HeritagesegError(f"{manifest} does not exist: run `dvc repro` (or make repro)")
     print(dataset_summary(json.loads(manifest.read_text())))
-    rows = []
-    for arch in ARCHS:
-        folder = Path(args.models) / arch
-        if (folder / "train_metrics.json").is_file():
-            config = json.loads((folder / "config.json").read_text())
-            metrics = json.loads((folder / "train_metrics.json").read_text())
-            encoder = config["model"]["encoder"]
-            rows.append({**metrics, "encoder": encoder, "family": family(encoder)})
+    rows = [_result_row(arch, Path(args.models), Path(args.metrics)) for arch in ARCHS]
+    rows = [row for row in rows if row]
     if rows:
         print()
-        print(training_summary(rows))
+        print(results_summary(rows))
+
+
+def _result_row(arch: str, models: Path, metrics: Path) -> dict:
+    from heritageseg.models import family
+
+    folder = models / arch
+    if not (folder / "train_metrics.json").is_file():
+        return {}
+    encoder = json.loads((folder / "config.json").read_text())["model"]["encoder"]
+    row = {**json.loads((folder / "train_metrics.json").read_text())}
+    row.update(encoder=encoder, family=family(encoder))
+    for key, name in (("test", "metrics.json"), ("native", "metrics_native.json")):
+        if (metrics / arch / name).is_file():
+            row[key] = json.loads((metrics / arch / name).read_text())
+    return row
 
 
 def _bench_ingest(args: argparse.Namespace) -> None:

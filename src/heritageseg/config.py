@@ -187,6 +187,16 @@ ARCHS = ("convnext", "segformer", "maxvit")
 
 
 @dataclass(frozen=True)
+class EvaluateConfig:
+    split: Literal["test", "val"] = "test"
+    resolution: Literal["prepared", "native", "both"] = "both"  # both: + metrics_native.json
+    batch_size: int = 8
+    tile_overlap: int = 32  # native: sliding-window overlap; the tile is the arch's image_size
+    bootstrap: int = 1000  # resamples of test images for miou_ci95
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class Params:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
@@ -194,6 +204,7 @@ class Params:
     weights: WeightsConfig = field(default_factory=WeightsConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

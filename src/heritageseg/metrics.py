@@ -110,3 +110,22 @@ def scores(matrix: np.ndarray, class_names: tuple[str, ...] = CLASS_NAMES) -> di
 
 def miou(matrix: np.ndarray) -> float:
     return scores(matrix)["miou"]
+
+
+def bootstrap_miou(
+    per_image: np.ndarray, iterations: int = 1000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile interval of mIoU over images resampled with replacement.
+
+    `per_image` is (N, C, C): one confusion matrix per test image, so each resample is the
+    sum of N matrices drawn with replacement — the unit of variation is the artwork, not the
+    pixel (pixels of one image are far from independent).
+    """
+    per_image = np.asarray(per_image, dtype=np.int64)
+    if len(per_image) == 0:
+        return 0.0, 0.0
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(per_image), size=(iterations, len(per_image)))
+    values = np.array([miou(per_image[draw].sum(axis=0)) for draw in draws])
+    tail = (1.0 - level) / 2
+    return float(np.quantile(values, tail)), float(np.quantile(values, 1 - tail))

@@ -28,18 +28,22 @@ def dataset_summary(manifest: dict) -> str:
     return "\n".join(lines)
 
 
-def training_summary(rows: list[dict]) -> str:
-    """One line per trained architecture, from its train_metrics.json and config.json."""
+def results_summary(rows: list[dict]) -> str:
+    """One line per trained architecture: training figures, and test scores once evaluated."""
     header = (
         f"{'arch':<10}{'family':<8}{'encoder':<24}{'params':>8}{'val mIoU':>10}"
-        f"{'epoch':>8}{'train s':>9}{'img/s':>8}"
+        f"{'test mIoU (95% CI)':>24}{'native':>9}{'train s':>9}{'img/s':>8}"
     )
     lines = [header]
     for row in rows:
+        test = "-"
+        if "test" in row:
+            low, high = row["test"]["miou_ci95"]
+            test = f"{100 * row['test']['miou']:.2f}% [{100 * low:.1f}, {100 * high:.1f}]"
+        native = f"{100 * row['native']['miou']:.2f}%" if "native" in row else "-"
         lines.append(
             f"{row['arch']:<10}{row['family']:<8}{row['encoder']:<24}{row['params_m']:>7.1f}M"
-            f"{100 * row['best_val_miou']:>9.2f}%"
-            f"{row['best_epoch']:>4}/{row['epochs_run']:<3}"
+            f"{100 * row['best_val_miou']:>9.2f}%{test:>24}{native:>9}"
             f"{row['train_seconds']:>9.0f}{row['train_images_per_s']:>8.1f}"
         )
     return "\n".join(lines)
