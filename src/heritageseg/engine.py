@@ -8,6 +8,7 @@ its shard; losses and the confusion matrix are summed across ranks before anyone
 from __future__ import annotations
 
 import contextlib
+import resource
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -157,6 +158,18 @@ def evaluate(
     confusion.all_reduce()
     loss_sum, images = _all_reduce_sum(total_loss, images)
     return EvalStats(loss_sum / max(images, 1), images, time.perf_counter() - start, confusion)
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Max allocated on CUDA; the process's peak RSS on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _to_device(

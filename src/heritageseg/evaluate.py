@@ -10,7 +10,6 @@ artworks, and memory does not grow with the split beyond N small 16x16 matrices.
 from __future__ import annotations
 
 import json
-import resource
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,8 +24,8 @@ from heritageseg.config import ModelConfig, Params
 from heritageseg.data.artefact import decode_record, iter_parquet
 from heritageseg.data.cache import CacheDataset, read_split
 from heritageseg.data.transforms import eval_transform
-from heritageseg.engine import Precision, resolve_precision
-from heritageseg.errors import HeritagesegError
+from heritageseg.engine import Precision, peak_memory_mb, resolve_precision
+from heritageseg.errors import ConfigError, HeritagesegError
 from heritageseg.infer import model_predictor, sliding_window_predict
 from heritageseg.metrics import bootstrap_miou, confusion, scores
 from heritageseg.models import build_model, count_parameters, fine_logits
@@ -89,6 +88,8 @@ def score_native(
     """Every original image of the split, predicted at full size by the sliding window."""
     norm = config["normalization"]
     tile = config["model"]["image_size"]
+    if not 0 <= overlap < tile:
+        raise ConfigError(f"evaluate.tile_overlap={overlap}: need 0 <= overlap < {tile} (tile)")
     predict = model_predictor(model, precision.autocast)
     matrices, seconds, images = [], 0.0, 0
     for record in _records(raw, split_ids):
@@ -113,8 +114,9 @@ def _records(raw: Path, ids: set[str]) -> Iterator:
 
 
 def metrics_document(
-    arch: str, split: str, scored: Scored, params_m: float, bootstrap: int, seed: int
-) -> dict:
+    arch: str, split: str, scored: Scored, params_m: float, bootstrap: int, seed: int,
+    device: torch.device,
+) -> dict:  # fmt: skip
     """metrics.json in the schema of ARCHITECTURE.md, keys in its order."""
     summary = scores(scored.per_image.sum(axis=0))
     throughput = scored.images / scored.model_seconds if scored.model_seconds > 0 else 0.0
@@ -129,7 +131,7 @@ def metrics_document(
         "throughput_img_s": throughput,
         "latency_ms": 1000.0 / throughput if throughput else 0.0,
         "params_m": params_m,
-        "peak_mem_mb": _peak_memory_mb(),
+        "peak_mem_mb": peak_memory_mb(device),
     }
 
 
@@ -145,25 +147,21 @@ def run_evaluation(
     precision = resolve_precision(params.train.precision, device)
     params_m = count_parameters(model)
     documents = {}
+
+    def document(scored: Scored) -> dict:
+        return metrics_document(arch, split, scored, params_m, cfg.bootstrap, cfg.seed, device)
+
     if cfg.resolution in ("prepared", "both"):
-        scored = score_prepared(model, cache, split, config, precision, cfg.batch_size)
-        documents[METRICS] = metrics_document(
-            arch, split, scored, params_m, cfg.bootstrap, cfg.seed
+        documents[METRICS] = document(
+            score_prepared(model, cache, split, config, precision, cfg.batch_size)
         )
     if cfg.resolution in ("native", "both"):
         table = read_split(splits / "split.csv")
         ids = set(table.loc[table["split"] == split, "id"])
         scored = score_native(model, raw, ids, config, precision, cfg.batch_size, cfg.tile_overlap)
-        name = NATIVE_METRICS if METRICS in documents else METRICS
-        documents[name] = metrics_document(arch, split, scored, params_m, cfg.bootstrap, cfg.seed)
+        documents[NATIVE_METRICS if METRICS in documents else METRICS] = document(scored)
     return documents
 
 
 def _device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
-
-
-def _peak_memory_mb() -> float:
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

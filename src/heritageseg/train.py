@@ -15,7 +15,6 @@ import io
 import json
 import os
 import random
-import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,7 +30,13 @@ from heritageseg.classes import CLASS_NAMES
 from heritageseg.config import Params
 from heritageseg.data.cache import INFO, CacheDataset
 from heritageseg.data.transforms import eval_transform, normalization, train_transform
-from heritageseg.engine import evaluate, resolve_precision, train_one_epoch
+from heritageseg.engine import (
+    evaluate,
+    peak_memory_mb,
+    reset_peak_memory,
+    resolve_precision,
+    train_one_epoch,
+)
 from heritageseg.errors import HeritagesegError
 from heritageseg.fileio import atomic_write_text, write_json
 from heritageseg.losses import build_loss
@@ -231,7 +236,7 @@ def run_training(
     for epoch in range(state["epoch"], cfg.epochs):
         if state["bad_epochs"] >= cfg.patience:
             break
-        _reset_peak_memory(device_)
+        reset_peak_memory(device_)
         train_stats = train_one_epoch(
             ddp_model,
             loader(train_set, train=True, epoch=epoch),
@@ -266,7 +271,7 @@ def run_training(
             "lr": optimizer.param_groups[0]["lr"],
             "images_per_s": train_stats.images_per_second,
             "epoch_seconds": train_stats.seconds + val_stats.seconds,
-            "peak_mem_mb": _peak_memory_mb(device_),
+            "peak_mem_mb": peak_memory_mb(device_),
         }
         _advance(state, row, epoch, val_miou)
         state["train_seconds"] = time.perf_counter() - start_time
@@ -375,18 +380,6 @@ def _resolved_config(params, arch, mean, std, cache_info, precision, lr) -> dict
         "normalization": {"mean": list(mean), "std": list(std)},
         "cache": cache_info,
     }
-
-
-def _reset_peak_memory(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def _peak_memory_mb(device: torch.device) -> float:
-    """Max allocated on CUDA; the process's peak RSS on the CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _write_history(path: Path, history: list[dict]) -> None:
