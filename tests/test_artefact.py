@@ -16,8 +16,8 @@ from heritageseg.data.artefact import (
     SCHEMA,
     check_record,
     decode_record,
+    iter_folder,
     iter_parquet,
-    iter_source,
 )
 from heritageseg.data.shards import encode_png
 from heritageseg.errors import DataError, RecordError
@@ -131,10 +131,10 @@ def test_missing_required_column_names_the_shard_and_column(tmp_path):
 
 def test_empty_source_is_an_error(tmp_path):
     with pytest.raises(DataError, match="empty source"):
-        list(iter_source(tmp_path))
+        list(iter_parquet(tmp_path))
     (tmp_path / "metadata.csv").write_text("id,material,content\n")
     with pytest.raises(DataError, match="empty source"):
-        list(iter_source(tmp_path))
+        list(iter_folder(tmp_path))
 
 
 def _peak_arrow_bytes_while_reading(folder, count: int) -> tuple[int, int]:

@@ -147,39 +147,27 @@ def _measure_loader(kind: str, raw: Path, cache: Path, size: int, workers: int) 
     return result
 
 
-def training_rate(encoder: str, size: int, batch: int = 8, steps: int = 4) -> float:
-    """Train images/s of a U-Net on `encoder` in a bare loop: what the loader must outpace."""
-    import segmentation_models_pytorch as smp
-    import torch
-
-    kwargs = {"img_size": size} if "maxvit" in encoder else {}
-    model = smp.Unet(encoder, encoder_weights=None, classes=16, **kwargs)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    images = torch.randn(batch, 3, size, size)
-    masks = torch.randint(0, 16, (batch, size, size))
-    model.train()
-    start = 0.0
-    for step in range(steps + 1):
-        if step == 1:
-            start = time.perf_counter()
-        loss = torch.nn.functional.cross_entropy(model(images), masks)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return batch * steps / (time.perf_counter() - start)
-
-
-def bench_data(raw_cfg: IngestConfig, size: int, workers: int, train_size: int) -> dict:
+def bench_data(params, size: int, workers: int, train_size: int | None) -> dict:
+    """Loader img/s (cache vs decoding) and the default models' training img/s to outpace."""
     with tempfile.TemporaryDirectory() as folder:
-        raw, cache = prepare_bench_cache(raw_cfg, Path(folder), size)
+        raw, cache = prepare_bench_cache(params.ingest, Path(folder), size)
         figures = {
             "cache": _measure_loader("cache", raw, cache, size, workers),
             "decode": _measure_loader("decode", raw, cache, size, workers),
         }
-    figures["train_img_s"] = {
-        encoder: training_rate(encoder, train_size) for encoder in ("mit_b0", "tu-convnext_atto")
-    }
+    figures["train_img_s"] = {}
+    for arch in ("convnext", "segformer", "maxvit"):
+        setup = _training_setup(_with_image_size(params, arch, train_size), arch, batches=4)
+        _bare_epoch(*setup.bare_args)  # warm-up
+        figures["train_img_s"][setup.label] = setup.images / _bare_epoch(*setup.bare_args)
     return figures
+
+
+def _with_image_size(params, arch: str, image_size: int | None):
+    if image_size is None:
+        return params
+    model = dataclasses.replace(params.train.model(arch), image_size=image_size)
+    return dataclasses.replace(params, train=dataclasses.replace(params.train, **{arch: model}))
 
 
 # ---------------------------------------------------------------- bench train
@@ -218,9 +206,18 @@ def _bare_epoch(model, loader, loss_fn, optimizer, precision, channels_last, cli
     return time.perf_counter() - start
 
 
-def bench_train(params, arch: str, batches: int, rounds: int) -> dict:
-    """Training img/s of engine.train_one_epoch against a bare loop, interleaved."""
-    from heritageseg.engine import resolve_precision, train_one_epoch
+@dataclasses.dataclass
+class _TrainingSetup:
+    """A model of the params' config on fixed random data, ready for either loop."""
+
+    bare_args: tuple
+    images: int
+    precision: str
+    label: str
+
+
+def _training_setup(params, arch: str, batches: int) -> _TrainingSetup:
+    from heritageseg.engine import resolve_precision
     from heritageseg.losses import build_loss
     from heritageseg.models import build_model
 
@@ -234,16 +231,23 @@ def bench_train(params, arch: str, batches: int, rounds: int) -> dict:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     data = _RandomImages(batches * model_cfg.batch_size, model_cfg.image_size)
     loader = torch.utils.data.DataLoader(data, batch_size=model_cfg.batch_size)
-    bare_args = (
-        model,
-        loader,
-        loss_fn,
-        optimizer,
-        precision,
-        cfg.channels_last,
-        cfg.clip_grad_norm,
-    )
-    _bare_epoch(*bare_args)  # warm-up
+    return _TrainingSetup(
+        bare_args=(model, loader, loss_fn, optimizer, precision, cfg.channels_last,
+                   cfg.clip_grad_norm),
+        images=len(data),
+        precision=str(precision.dtype or "fp32"),
+        label=f"{model_cfg.encoder} {model_cfg.decoder}, {model_cfg.image_size} px",
+    )  # fmt: skip
+
+
+def bench_train(params, arch: str, batches: int, rounds: int) -> dict:
+    """Training img/s of engine.train_one_epoch against a bare loop, interleaved."""
+    from heritageseg.engine import train_one_epoch
+
+    cfg, model_cfg = params.train, params.train.model(arch)
+    setup = _training_setup(params, arch, batches)
+    model, loader, loss_fn, optimizer, precision = setup.bare_args[:5]
+    _bare_epoch(*setup.bare_args)  # warm-up
     engine_s, bare_s = [], []
     for _ in range(rounds):
         stats = train_one_epoch(
@@ -251,14 +255,14 @@ def bench_train(params, arch: str, batches: int, rounds: int) -> dict:
             clip_grad_norm=cfg.clip_grad_norm, channels_last=cfg.channels_last, progress=True,
         )  # fmt: skip
         engine_s.append(stats.seconds)
-        bare_s.append(_bare_epoch(*bare_args))
-    images = len(data)
-    engine, bare = images / float(np.median(engine_s)), images / float(np.median(bare_s))
+        bare_s.append(_bare_epoch(*setup.bare_args))
+    engine = setup.images / float(np.median(engine_s))
+    bare = setup.images / float(np.median(bare_s))
     return {
         "engine_img_s": engine,
         "bare_img_s": bare,
         "overhead_pct": 100 * (bare / engine - 1),
-        "precision": str(precision.dtype or "fp32"),
+        "precision": setup.precision,
         "encoder": model_cfg.encoder,
         "image_size": model_cfg.image_size,
         "batch_size": model_cfg.batch_size,

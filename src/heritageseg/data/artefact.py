@@ -92,16 +92,6 @@ class Record:
 # ---------------------------------------------------------------- sources
 
 
-def iter_source(path: str | Path) -> Iterator[RawRecord]:
-    """Records of a parquet file, a folder of shards, or a PNG folder with metadata.csv."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: no such file or folder")
-    if path.is_dir() and (path / "metadata.csv").exists():
-        return iter_folder(path)
-    return iter_parquet(path)
-
-
 def find_shards(path: Path) -> list[Path]:
     shards = [path] if path.is_file() else sorted(path.rglob("*.parquet"))
     if not shards:
