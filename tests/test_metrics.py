@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from heritageseg.metrics import ConfusionMatrix, bootstrap_miou, confusion, scores
+from heritageseg.metrics import ConfusionMatrix, bootstrap_miou, confusion, paired_bootstrap, scores
 
 
 def _names(n):
@@ -75,3 +75,39 @@ def test_bootstrap_interval_brackets_the_estimate_and_shrinks_with_agreement():
     same_low, same_high = bootstrap_miou(identical, iterations=300)
     assert same_low == pytest.approx(same_high)
     assert bootstrap_miou(noisy, iterations=300) == (low, high)  # seeded
+
+
+def _image(hit: int, miss: int) -> np.ndarray:
+    """One image's matrix: Clean all right, `hit` Cracks pixels right and `miss` called Clean."""
+    matrix = np.zeros((16, 16), np.int64)
+    matrix[0, 0] = 1000
+    matrix[9, 9], matrix[9, 0] = hit, miss
+    return matrix
+
+
+def test_paired_bootstrap_of_a_model_with_itself_is_exactly_zero():
+    images = np.stack([_image(h, 50 - h) for h in range(5, 45, 2)])
+    result = paired_bootstrap(images, images, iterations=200)
+    assert result["difference"] == 0.0 and result["ci95"] == [0.0, 0.0]
+    assert result["p_value"] == 1.0 and result["images"] == 20
+
+
+def test_paired_bootstrap_separates_a_consistent_winner_from_a_coin_flip():
+    rng = np.random.default_rng(1)
+    hits = rng.integers(10, 40, size=24)
+    base = np.stack([_image(h, 50 - h) for h in hits])
+    better = np.stack([_image(h + 5, 45 - h) for h in hits])  # 5 more pixels on every image
+    result = paired_bootstrap(better, base, iterations=500)
+    assert result["difference"] > 0
+    assert 0 < result["ci95"][0] <= result["difference"] <= result["ci95"][1]
+    assert result["p_value"] < 0.01
+    # Wins on half the images, loses as much on the other half: not a real difference.
+    swing = np.where(np.arange(24) % 2 == 0, 8, -8)
+    mixed = np.stack([_image(h + s, 50 - h - s) for h, s in zip(hits, swing, strict=True)])
+    noise = paired_bootstrap(mixed, base, iterations=500)
+    assert noise["ci95"][0] < 0 < noise["ci95"][1] and noise["p_value"] > 0.05
+
+
+def test_paired_bootstrap_refuses_different_image_sets():
+    with pytest.raises(ValueError, match="same images"):
+        paired_bootstrap(np.zeros((3, 16, 16)), np.zeros((4, 16, 16)))

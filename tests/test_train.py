@@ -14,12 +14,15 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
+from PIL import Image
 from safetensors.torch import load_file
 
 from heritageseg.checkpoint import load_weights
+from heritageseg.classes import CLASS_NAMES
 from heritageseg.config import IngestConfig, PrepareConfig, SplitConfig, load_params
 from heritageseg.data.artefact import read_metadata
 from heritageseg.data.cache import CacheDataset, build_cache, iter_masks
@@ -28,7 +31,7 @@ from heritageseg.data.splits import write_splits
 from heritageseg.data.transforms import eval_transform, normalization
 from heritageseg.data.weights import pixel_counts, weights_document
 from heritageseg.engine import NonFiniteLossError, evaluate, resolve_precision, train_one_epoch
-from heritageseg.evaluate import run_evaluation
+from heritageseg.evaluate import run_evaluation, write_evaluation
 from heritageseg.fileio import write_json
 from heritageseg.losses import build_loss
 from heritageseg.models import build_model
@@ -260,7 +263,7 @@ CLASS_KEYS = {"iou", "dice", "precision", "recall", "f1", "support", "present"}
 def test_evaluate_writes_metrics_in_the_schema_at_both_resolutions(tiny, tmp_path):
     _train(tiny, tmp_path / "models" / "segformer", epochs=1)
     params = load_params(tiny / "params.yaml")
-    documents = run_evaluation(
+    evaluation = run_evaluation(
         params,
         "segformer",
         cache=tiny / "data" / "cache",
@@ -269,6 +272,7 @@ def test_evaluate_writes_metrics_in_the_schema_at_both_resolutions(tiny, tmp_pat
         model_dir=tmp_path / "models" / "segformer",
         split="test",
     )
+    documents = evaluation.documents
     assert set(documents) == {"metrics.json", "metrics_native.json"}
     for document in documents.values():
         assert set(document) == SCHEMA_KEYS
@@ -285,3 +289,35 @@ def test_evaluate_writes_metrics_in_the_schema_at_both_resolutions(tiny, tmp_pat
     native = np.array(documents["metrics_native.json"]["confusion_matrix"]).sum()
     prepared = np.array(documents["metrics.json"]["confusion_matrix"]).sum()
     assert native != prepared  # full-size pixels, not the 64 px cache's
+
+
+def test_evaluate_writes_per_image_matrices_per_class_table_and_pictures(tiny, tmp_path):
+    _train(tiny, tmp_path / "models" / "segformer", epochs=1)
+    evaluation = run_evaluation(
+        load_params(tiny / "params.yaml"),
+        "segformer",
+        cache=tiny / "data" / "cache",
+        raw=tiny / "data" / "raw",
+        splits=tiny / "data" / "splits",
+        model_dir=tmp_path / "models" / "segformer",
+        split="test",
+    )
+    out = tmp_path / "metrics" / "segformer"
+    write_evaluation(evaluation, out)
+    saved = np.load(out / "per_image.npz")
+    for key, name in (("prepared", "metrics.json"), ("native", "metrics_native.json")):
+        matrices = saved[key]
+        assert len(saved[f"{key}_ids"]) == len(matrices)
+        document = json.loads((out / name).read_text())
+        assert matrices.sum(axis=0).tolist() == document["confusion_matrix"]
+    table = pd.read_csv(out / "per_class.csv")
+    assert list(table["class"]) == list(CLASS_NAMES)
+    assert set(table.columns) >= {"iou", "native_iou", "support", "present"}
+    expected = {"samples.png", "confusion.png", "confusion_native.png", "per_class_iou.png",
+                "class_distribution.png"}  # fmt: skip
+    assert {p.name for p in (out / "plots").iterdir()} == expected
+    for path in (out / "plots").iterdir():
+        with Image.open(path) as picture:
+            assert picture.width > 300 and picture.height > 300
+            assert len(np.unique(np.asarray(picture.convert("RGB")).reshape(-1, 3), axis=0)) > 20
+    assert len(evaluation.samples) == min(9, len(CacheDataset(tiny / "data" / "cache", "test")))

@@ -187,12 +187,11 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from heritageseg.evaluate import run_evaluation
-    from heritageseg.fileio import write_json
+    from heritageseg.evaluate import run_evaluation, write_evaluation
 
     params = load_params(args.params)
     split = args.split or params.evaluate.split
-    documents = run_evaluation(
+    evaluation = run_evaluation(
         params,
         args.arch,
         cache=Path(args.cache),
@@ -201,8 +200,8 @@ def _evaluate(args: argparse.Namespace) -> None:
         model_dir=Path(args.models) / args.arch,
         split=split,
     )
-    for name, document in documents.items():
-        write_json(Path(args.out) / args.arch / name, document)
+    write_evaluation(evaluation, Path(args.out) / args.arch)
+    for name, document in evaluation.documents.items():
         low, high = document["miou_ci95"]
         print(
             f"{args.arch} {split} {name}: mIoU {100 * document['miou']:.2f}% "

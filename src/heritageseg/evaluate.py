@@ -4,11 +4,14 @@ Two resolutions: `prepared` scores the cached samples the model was trained at; 
 predicts every original image at full size with the sliding window and scores it against
 the full-size annotation, which is where thin damage (hair, scratches, dust) survives.
 Confusion matrices are kept per image, so the 95 % interval of mIoU is a bootstrap over
-artworks, and memory does not grow with the split beyond N small 16x16 matrices.
+artworks, and memory does not grow with the split beyond N small 16x16 matrices. They are
+saved (`per_image.npz`) for the report's paired comparison of architectures.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import time
 from collections.abc import Iterator
@@ -19,28 +22,47 @@ import numpy as np
 import pandas as pd
 import torch
 
+from heritageseg import viz
 from heritageseg.checkpoint import load_weights
+from heritageseg.classes import CLASS_NAMES, NUM_CLASSES
 from heritageseg.config import ModelConfig, Params
 from heritageseg.data.artefact import decode_record, iter_parquet
 from heritageseg.data.cache import CacheDataset, read_split
 from heritageseg.data.transforms import eval_transform
 from heritageseg.engine import Precision, peak_memory_mb, resolve_precision
 from heritageseg.errors import ConfigError, HeritagesegError
+from heritageseg.fileio import atomic_dir, write_json
 from heritageseg.infer import model_predictor, sliding_window_predict
 from heritageseg.metrics import bootstrap_miou, confusion, scores
 from heritageseg.models import build_model, count_parameters, fine_logits
 
 METRICS = "metrics.json"
 NATIVE_METRICS = "metrics_native.json"
+PER_IMAGE = "per_image.npz"
+PER_CLASS = "per_class.csv"
+PLOTS = "plots"
+SAMPLES = 9
 
 
 @dataclass
 class Scored:
-    """Per-image confusion matrices and the time spent in the model."""
+    """Per-image confusion matrices (ids in the same order) and the time spent in the model."""
 
+    ids: list[str]
     per_image: np.ndarray  # (N, C, C)
     model_seconds: float
     images: int
+
+
+@dataclass
+class Evaluation:
+    """Everything the evaluate stage writes: one scored set per resolution and the samples."""
+
+    arch: str
+    split: str
+    scored: dict[str, Scored]  # "prepared" / "native"
+    documents: dict[str, dict]  # file name -> metrics.json document
+    samples: list[viz.Sample]
 
 
 def load_trained(model_dir: Path) -> tuple[torch.nn.Module, dict]:
@@ -78,7 +100,7 @@ def score_prepared(
             ]
     ids = dataset.index["id"].to_numpy()
     per_image = pd.Series(list(matrices), index=ids).groupby(level=0, sort=False).sum()
-    return Scored(np.stack(per_image.to_list()), seconds, len(dataset))
+    return Scored(list(per_image.index), np.stack(per_image.to_list()), seconds, len(dataset))
 
 
 def score_native(
@@ -91,7 +113,7 @@ def score_native(
     if not 0 <= overlap < tile:
         raise ConfigError(f"evaluate.tile_overlap={overlap}: need 0 <= overlap < {tile} (tile)")
     predict = model_predictor(model, precision.autocast)
-    matrices, seconds, images = [], 0.0, 0
+    ids, matrices, seconds, images = [], [], 0.0, 0
     for record in _records(raw, split_ids):
         start = time.perf_counter()
         labels = sliding_window_predict(
@@ -100,11 +122,12 @@ def score_native(
         )  # fmt: skip
         seconds += time.perf_counter() - start
         images += 1
+        ids.append(record.raw.id)
         truth = torch.from_numpy(np.array(record.mask))  # a writable copy for torch
         matrices.append(confusion(torch.from_numpy(labels), truth).numpy())
     if not matrices:
         raise HeritagesegError(f"{raw}: no record of the split found")
-    return Scored(np.stack(matrices), seconds, images)
+    return Scored(ids, np.stack(matrices), seconds, images)
 
 
 def _records(raw: Path, ids: set[str]) -> Iterator:
@@ -138,29 +161,122 @@ def metrics_document(
 def run_evaluation(
     params: Params, arch: str, *, cache: Path, raw: Path, splits: Path, model_dir: Path,
     split: str,
-) -> dict[str, dict]:  # fmt: skip
-    """Score `arch` and return {file name: document} for the resolutions params ask for."""
+) -> Evaluation:  # fmt: skip
+    """Score `arch` at the resolutions params ask for, and predict the picture samples."""
     cfg = params.evaluate
     model, config = load_trained(model_dir)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device)
     precision = resolve_precision(params.train.precision, device)
     params_m = count_parameters(model)
-    documents = {}
-
-    def document(scored: Scored) -> dict:
-        return metrics_document(arch, split, scored, params_m, cfg.bootstrap, cfg.seed, device)
-
+    scored: dict[str, Scored] = {}
     if cfg.resolution in ("prepared", "both"):
-        documents[METRICS] = document(
-            score_prepared(model, cache, split, config, precision, cfg.batch_size)
-        )
+        scored["prepared"] = score_prepared(model, cache, split, config, precision, cfg.batch_size)
     if cfg.resolution in ("native", "both"):
         table = read_split(splits / "split.csv")
         ids = set(table.loc[table["split"] == split, "id"])
-        scored = score_native(model, raw, ids, config, precision, cfg.batch_size, cfg.tile_overlap)
-        documents[NATIVE_METRICS if METRICS in documents else METRICS] = document(scored)
-    return documents
+        scored["native"] = score_native(
+            model, raw, ids, config, precision, cfg.batch_size, cfg.tile_overlap
+        )
+    names = dict(zip(scored, (METRICS, NATIVE_METRICS), strict=False))
+    documents = {
+        names[key]: metrics_document(arch, split, result, params_m, cfg.bootstrap, cfg.seed, device)
+        for key, result in scored.items()
+    }
+    samples = predict_samples(model, cache, split, config, precision, SAMPLES)
+    return Evaluation(arch, split, scored, documents, samples)
+
+
+def predict_samples(
+    model: torch.nn.Module, cache: Path, split: str, config: dict, precision: Precision,
+    count: int,
+) -> list[viz.Sample]:  # fmt: skip
+    """`count` cached samples chosen to show as many classes as possible, with predictions."""
+    norm = config["normalization"]
+    size = config["model"]["image_size"]
+    dataset = CacheDataset(cache, split, eval_transform(size, norm["mean"], norm["std"]))
+    masks = CacheDataset(cache, split)
+    supports = np.stack(
+        [
+            np.bincount(masks[i]["mask"].ravel(), minlength=256)[:NUM_CLASSES]
+            for i in range(len(masks))
+        ]
+    )
+    mean = torch.tensor(norm["mean"]).view(3, 1, 1)
+    std = torch.tensor(norm["std"]).view(3, 1, 1)
+    samples = []
+    with torch.no_grad():
+        for index in viz.select_samples(supports, count):
+            item = dataset[index]
+            with precision.autocast():
+                logits = fine_logits(model(item["image"][None].to(_device(model))))
+            image = ((item["image"] * std + mean) * 255).clamp(0, 255).byte()
+            samples.append(
+                viz.Sample(
+                    name=str(dataset.index["id"].iloc[index]),
+                    image=image.permute(1, 2, 0).numpy(),
+                    truth=item["mask"].numpy().astype(np.uint8),
+                    prediction=logits.argmax(dim=1)[0].cpu().numpy().astype(np.uint8),
+                )
+            )
+    return samples
+
+
+def write_evaluation(evaluation: Evaluation, folder: Path) -> None:
+    """metrics.json (+ native), per-image matrices, the per-class table and the pictures,
+    swapped in together so a failed run leaves the previous results whole."""
+    with atomic_dir(folder) as staging:
+        for name, document in evaluation.documents.items():
+            write_json(staging / name, document)
+        np.savez_compressed(
+            staging / PER_IMAGE,
+            **{f"{key}_ids": np.array(s.ids) for key, s in evaluation.scored.items()},
+            **{key: s.per_image for key, s in evaluation.scored.items()},
+        )
+        (staging / PER_CLASS).write_text(per_class_table(evaluation.documents))
+        for name, png in pictures(evaluation).items():
+            (staging / PLOTS).mkdir(exist_ok=True)
+            (staging / PLOTS / name).write_bytes(png)
+
+
+def per_class_table(documents: dict[str, dict]) -> str:
+    """CSV, one row per class: the prepared-size scores, and native IoU when evaluated."""
+    columns = ["class", "iou", "dice", "precision", "recall", "f1", "support", "present"]
+    first = next(iter(documents.values()))
+    native = documents.get(NATIVE_METRICS) if METRICS in documents else None
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns + (["native_iou", "native_support"] if native else []))
+    for name in CLASS_NAMES:
+        entry = first["per_class"][name]
+        row = [name, *(entry[key] for key in columns[1:])]
+        if native:
+            row += [native["per_class"][name]["iou"], native["per_class"][name]["support"]]
+        writer.writerow(row)
+    return buffer.getvalue()
+
+
+def pictures(evaluation: Evaluation) -> dict[str, bytes]:
+    """PNG files of plots/: samples, confusion heatmaps, per-class IoU, class distribution."""
+    title = f"{evaluation.arch} on {evaluation.split}"
+    out = {}
+    if evaluation.samples:
+        out["samples.png"] = viz.sample_panels(evaluation.samples, title)
+    series = {}
+    for key, scored in evaluation.scored.items():
+        matrix = scored.per_image.sum(axis=0)
+        suffix = "" if key == "prepared" or len(evaluation.scored) == 1 else f"_{key}"
+        out[f"confusion{suffix}.png"] = viz.confusion_heatmap(
+            matrix, f"{title}: confusion ({key} resolution, row-normalised)"
+        )
+        per_class = scores(matrix)["per_class"]
+        series[key] = {n: (e["iou"] if e["present"] else None) for n, e in per_class.items()}
+        if key == "prepared" or len(evaluation.scored) == 1:
+            out["class_distribution.png"] = viz.class_distribution(
+                matrix, f"{title}: class distribution ({key} resolution)"
+            )
+    out["per_class_iou.png"] = viz.per_class_bars(series, f"{title}: IoU per class", "IoU (%)")
+    return out
 
 
 def _device(model: torch.nn.Module) -> torch.device:
