@@ -67,8 +67,15 @@ def test_dvc_repro_runs_every_stage_and_is_a_no_op_the_second_time(project: Path
         for name in ("metrics.json", "metrics_native.json"):
             metrics = json.loads((project / "metrics" / arch / name).read_text())
             assert metrics["arch"] == arch and len(metrics["per_class"]) == 16
+        assert (project / "metrics" / arch / "plots" / "samples.png").is_file()
     shown = _run([str(BIN / "dvc"), "metrics", "show"], project)
     assert "metrics/segformer/metrics.json" in shown.stdout
+    for name in ("benchmark.md", "index.html", "comparisons.json"):
+        assert (project / "reports" / name).is_file(), name
+    plots = _run([str(BIN / "dvc"), "plots", "show", "--json"], project).stdout
+    for title in ("IoU per class (test, prepared size)", "Validation mIoU per epoch"):
+        assert title in plots, title
+    assert "metrics/maxvit/plots/confusion.png" in plots
     summary = _run([str(BIN / "heritageseg"), "summary"], project).stdout
     assert "test mIoU (95% CI)" in summary
     assert all(f"{arch} " in summary for arch in ("convnext", "segformer", "maxvit"))

@@ -78,6 +78,12 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", default="metrics", help="writes OUT/ARCH (default metrics)")
     evaluate.set_defaults(handler=_evaluate)
 
+    report = commands.add_parser("report", help="benchmark.md and index.html of every arch")
+    report.add_argument("--metrics", default="metrics")
+    report.add_argument("--models", default="models")
+    report.add_argument("--out", default="reports", help="output folder (default reports)")
+    report.set_defaults(handler=_report)
+
     summary = commands.add_parser("summary", help="print what the pipeline has produced")
     summary.add_argument("--raw", default="data/raw")
     summary.add_argument("--models", default="models")
@@ -209,6 +215,19 @@ def _evaluate(args: argparse.Namespace) -> None:
         )
 
 
+def _report(args: argparse.Namespace) -> None:
+    from heritageseg.report import run_report
+
+    cfg = load_params(args.params).evaluate
+    out = Path(args.out)
+    results = run_report(
+        list(ARCHS), metrics=Path(args.metrics), models=Path(args.models), out=out,
+        iterations=cfg.bootstrap, seed=cfg.seed,
+    )  # fmt: skip
+    archs = ", ".join(r.arch for r in results)
+    print(f"report of {archs}: {out / 'benchmark.md'}, {out / 'index.html'}")
+
+
 def _summary(args: argparse.Namespace) -> None:
     from heritageseg.summary import dataset_summary, results_summary
 
@@ -221,6 +240,9 @@ def _summary(args: argparse.Namespace) -> None:
     if rows:
         print()
         print(results_summary(rows))
+    report = Path("reports") / "index.html"
+    if report.is_file():
+        print(f"\nreport: {report.resolve().as_uri()} (and reports/benchmark.md)")
 
 
 def _result_row(arch: str, models: Path, metrics: Path) -> dict:

@@ -1,0 +1,369 @@
+"""The report stage: every evaluated architecture side by side -> reports/.
+
+`benchmark.md` and a self-contained `index.html` (pictures embedded, no network) are rendered
+from the same blocks, so they never disagree. Pairwise differences use the paired bootstrap
+over the per-image confusion matrices that `evaluate` saved, on the images both models saw.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from heritageseg import viz
+from heritageseg.classes import CLASS_NAMES
+from heritageseg.errors import HeritagesegError
+from heritageseg.evaluate import METRICS, NATIVE_METRICS, PER_IMAGE, PLOTS
+from heritageseg.fileio import atomic_dir, write_json
+from heritageseg.metrics import paired_bootstrap
+from heritageseg.models import family
+
+RESOLUTIONS = {"prepared": METRICS, "native": NATIVE_METRICS}
+FIGURES = "figures"
+
+
+@dataclass
+class ArchResult:
+    """What evaluate and train wrote for one architecture."""
+
+    arch: str
+    encoder: str
+    training: dict
+    metrics: dict[str, dict]  # resolution -> metrics.json document
+    per_image: dict[str, tuple[list[str], np.ndarray]]  # resolution -> (ids, matrices)
+    history: list[dict]
+    plots: dict[str, Path]
+
+
+@dataclass
+class Table:
+    header: list[str]
+    rows: list[list[str]]
+
+
+@dataclass
+class Section:
+    title: str
+    text: str = ""
+    tables: list[Table] = field(default_factory=list)
+    figures: list[tuple[str, Path]] = field(default_factory=list)  # (caption, png)
+
+
+def load_result(arch: str, metrics: Path, models: Path) -> ArchResult | None:
+    """The architecture's files, or None when it has not been evaluated."""
+    folder = metrics / arch
+    if not (folder / METRICS).is_file():
+        return None
+    model_dir = models / arch
+    for needed in ("config.json", "train_metrics.json"):
+        if not (model_dir / needed).is_file():
+            raise HeritagesegError(f"{model_dir / needed} not found: run `heritageseg train`")
+    documents = {
+        key: json.loads((folder / name).read_text())
+        for key, name in RESOLUTIONS.items()
+        if (folder / name).is_file()
+    }
+    return ArchResult(
+        arch=arch,
+        encoder=json.loads((model_dir / "config.json").read_text())["model"]["encoder"],
+        training=json.loads((model_dir / "train_metrics.json").read_text()),
+        metrics=documents,
+        per_image=_per_image(folder / PER_IMAGE, documents),
+        history=_history(model_dir / "history.csv"),
+        plots={p.name: p for p in sorted((folder / PLOTS).glob("*.png"))},
+    )
+
+
+def _per_image(path: Path, documents: dict[str, dict]) -> dict:
+    if not path.is_file():
+        raise HeritagesegError(f"{path} not found: rerun `heritageseg evaluate` (it writes it)")
+    with np.load(path) as saved:
+        return {key: (list(saved[f"{key}_ids"]), saved[key]) for key in documents if key in saved}
+
+
+def _history(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with path.open(newline="") as stream:
+        return list(csv.DictReader(stream))
+
+
+def compare(
+    results: list[ArchResult], iterations: int, seed: int
+) -> dict[str, list[dict]]:  # fmt: skip
+    """Paired bootstrap of mIoU(a) - mIoU(b) for every pair, per resolution."""
+    out: dict[str, list[dict]] = {}
+    for resolution in RESOLUTIONS:
+        pairs = []
+        for a, b in itertools.combinations(results, 2):
+            if resolution not in a.per_image or resolution not in b.per_image:
+                continue
+            matrices_a, matrices_b = _aligned(a.per_image[resolution], b.per_image[resolution])
+            if len(matrices_a) == 0:
+                continue
+            result = paired_bootstrap(matrices_a, matrices_b, iterations, seed)
+            pairs.append({"a": a.arch, "b": b.arch, **result})
+        if pairs:
+            out[resolution] = pairs
+    return out
+
+
+def _aligned(a: tuple[list[str], np.ndarray], b: tuple[list[str], np.ndarray]):
+    """The matrices of the images both were scored on, in a's order."""
+    position_b = {image: i for i, image in enumerate(b[0])}
+    keep = [(i, position_b[image]) for i, image in enumerate(a[0]) if image in position_b]
+    rows_a, rows_b = [i for i, _ in keep], [j for _, j in keep]
+    return a[1][rows_a], b[1][rows_b]
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.2f}"
+
+
+def _ci(document: dict) -> str:
+    low, high = document["miou_ci95"]
+    return f"{_pct(document['miou'])} [{_pct(low)}, {_pct(high)}]"
+
+
+def results_table(results: list[ArchResult]) -> Table:
+    header = [
+        "model", "family", "encoder", "params (M)", "mIoU % [95% CI]", "native mIoU % [95% CI]",
+        "damage mIoU %", "Dice %", "pixel acc. %", "img/s", "ms/img", "train s",
+    ]  # fmt: skip
+    rows = []
+    for r in results:
+        prepared = r.metrics.get("prepared") or r.metrics["native"]
+        native = r.metrics.get("native")
+        rows.append([
+            r.arch, family(r.encoder), r.encoder, f"{prepared['params_m']:.1f}", _ci(prepared),
+            _ci(native) if native and "prepared" in r.metrics else "-",
+            _pct(prepared["miou_damage"]), _pct(prepared["dice"]),
+            _pct(prepared["pixel_accuracy"]), f"{prepared['throughput_img_s']:.1f}",
+            f"{prepared['latency_ms']:.1f}", f"{r.training['train_seconds']:.0f}",
+        ])  # fmt: skip
+    return Table(header, rows)
+
+
+def comparison_table(pairs: list[dict]) -> Table:
+    header = ["comparison", "Δ mIoU (points)", "95% CI", "p", "verdict"]
+    rows = []
+    for p in pairs:
+        low, high = p["ci95"]
+        real = low > 0 or high < 0
+        winner = p["a"] if p["difference"] > 0 else p["b"]
+        verdict = f"{winner} better" if real else "within noise"
+        rows.append([
+            f"{p['a']} − {p['b']}", f"{100 * p['difference']:+.2f}",
+            f"[{100 * low:+.2f}, {100 * high:+.2f}]", f"{p['p_value']:.3f}", verdict,
+        ])  # fmt: skip
+    return Table(header, rows)
+
+
+def _class_iou(document: dict, name: str) -> str:
+    entry = document["per_class"][name]
+    return _pct(entry["iou"]) if entry["present"] else "absent"
+
+
+def per_class_table(results: list[ArchResult], resolution: str) -> Table:
+    scored = [r for r in results if resolution in r.metrics]
+    header = ["class", "test pixels", *(f"{r.arch} IoU %" for r in scored)]
+    rows = [
+        [
+            name,
+            f"{scored[0].metrics[resolution]['per_class'][name]['support']:,}",
+            *(_class_iou(r.metrics[resolution], name) for r in scored),
+        ]
+        for name in CLASS_NAMES
+    ]
+    return Table(header, rows)
+
+
+def native_change_table(results: list[ArchResult]) -> Table | None:
+    """Per class and architecture: IoU at the prepared size, at native size, and the change."""
+    both = [r for r in results if {"prepared", "native"} <= set(r.metrics)]
+    if not both:
+        return None
+    header = ["class"] + [f"{r.arch} {k}" for r in both for k in ("prepared", "native", "Δ")]
+    rows = []
+    for name in CLASS_NAMES:
+        row = [name]
+        for r in both:
+            prepared, native = (r.metrics[k]["per_class"][name] for k in ("prepared", "native"))
+            delta = "-"
+            if prepared["present"] and native["present"]:
+                delta = f"{100 * (native['iou'] - prepared['iou']):+.2f}"
+            row += [_class_iou(r.metrics["prepared"], name), _class_iou(r.metrics["native"], name),
+                    delta]  # fmt: skip
+        rows.append(row)
+    return Table(header, rows)
+
+
+def build_sections(
+    results: list[ArchResult], comparisons: dict[str, list[dict]], figures: dict[str, Path]
+) -> list[Section]:  # fmt: skip
+    split = results[0].metrics[next(iter(results[0].metrics))]["split"]
+    sections = [
+        Section(
+            "Results",
+            f"Scores on the {split} split, at the prepared (cached) size and at native "
+            "resolution (sliding window over the full-size image). Intervals: 95 % bootstrap "
+            "over test images. img/s and ms/img: prepared-size inference at the evaluation "
+            "batch size; train s: wall time of training.",
+            [results_table(results)],
+        )
+    ]
+    for resolution, pairs in comparisons.items():
+        sections.append(
+            Section(
+                f"Pairwise differences ({resolution} resolution)",
+                "Paired bootstrap over the same test images: a difference whose interval "
+                "excludes 0 is more than the luck of which artworks landed in the test split.",
+                [comparison_table(pairs)],
+            )
+        )
+    for resolution in RESOLUTIONS:
+        if any(resolution in r.metrics for r in results):
+            sections.append(
+                Section(
+                    f"IoU per class ({resolution} resolution)",
+                    "'absent': no pixel of the class in truth or prediction (left out of "
+                    "every mean).",
+                    [per_class_table(results, resolution)],
+                    [(f"IoU per class, {resolution}", figures[f"per_class_iou_{resolution}.png"])],
+                )
+            )
+    change = native_change_table(results)
+    if change:
+        sections.append(
+            Section(
+                "What native resolution changes",
+                "IoU per class at the prepared size vs at native resolution; thin damage "
+                "(hair, scratches, cracks, dust) is what resizing loses.",
+                [change],
+            )
+        )
+    if "training_curves.png" in figures:
+        sections.append(
+            Section("Training", figures=[("Training curves", figures["training_curves.png"])])
+        )
+    for r in results:
+        captions = {
+            "samples.png": "Test samples: input | ground truth | prediction | error map",
+            "confusion.png": "Confusion matrix (row-normalised), prepared resolution",
+            "confusion_native.png": "Confusion matrix (row-normalised), native resolution",
+            "per_class_iou.png": "IoU per class",
+            "class_distribution.png": "Class distribution: ground truth vs prediction",
+        }
+        pictures = [(captions.get(name, name), path) for name, path in r.plots.items()]
+        sections.append(Section(f"{r.arch} ({family(r.encoder)}, {r.encoder})", figures=pictures))
+    return sections
+
+
+def comparison_figures(results: list[ArchResult]) -> dict[str, bytes]:
+    out = {}
+    for resolution in RESOLUTIONS:
+        series = {
+            r.arch: {
+                name: (entry["iou"] if entry["present"] else None)
+                for name, entry in r.metrics[resolution]["per_class"].items()
+            }
+            for r in results
+            if resolution in r.metrics
+        }
+        if series:
+            out[f"per_class_iou_{resolution}.png"] = viz.per_class_bars(
+                series, f"IoU per class, {resolution} resolution", "IoU (%)"
+            )
+    histories = {r.arch: r.history for r in results if r.history}
+    if histories:
+        out["training_curves.png"] = viz.training_curves(histories, "Training")
+    return out
+
+
+def render_markdown(sections: list[Section], root: Path) -> str:
+    lines = ["# heritageseg benchmark", ""]
+    for section in sections:
+        lines += [f"## {section.title}", ""]
+        if section.text:
+            lines += [section.text, ""]
+        for table in section.tables:
+            lines.append("| " + " | ".join(table.header) + " |")
+            lines.append("|" + "---|" * len(table.header))
+            lines += ["| " + " | ".join(row) + " |" for row in table.rows]
+            lines.append("")
+        for caption, path in section.figures:
+            lines += [f"![{caption}]({path.relative_to(root).as_posix()})", ""]
+    return "\n".join(lines)
+
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:14px}
+th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
+th{background:#f0f0f0}td:first-child,th:first-child{text-align:left}
+figure{margin:1em 0}img{max-width:100%;border:1px solid #ddd}
+figcaption{color:#555;font-size:14px}
+"""
+
+
+def render_html(sections: list[Section]) -> str:
+    """One file with every picture inlined as a data URI: it opens anywhere, offline."""
+    parts = [
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+        "<title>heritageseg benchmark</title>",
+        f"<style>{STYLE}</style></head><body><h1>heritageseg benchmark</h1>",
+    ]
+    for section in sections:
+        parts.append(f"<h2>{html.escape(section.title)}</h2>")
+        if section.text:
+            parts.append(f"<p>{html.escape(section.text)}</p>")
+        for table in section.tables:
+            head = "".join(f"<th>{html.escape(h)}</th>" for h in table.header)
+            body = "".join(
+                "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+                for row in table.rows
+            )
+            parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        for caption, path in section.figures:
+            data = base64.b64encode(path.read_bytes()).decode("ascii")
+            parts.append(
+                f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"
+                f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+            )
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def run_report(
+    archs: list[str], *, metrics: Path, models: Path, out: Path, iterations: int, seed: int
+) -> list[ArchResult]:  # fmt: skip
+    """Write reports/: benchmark.md, index.html, comparisons.json and figures/."""
+    results = [r for r in (load_result(a, metrics, models) for a in archs) if r]
+    if not results:
+        raise HeritagesegError(
+            f"no evaluated architecture under {metrics}: run `heritageseg evaluate` first"
+        )
+    comparisons = compare(results, iterations, seed)
+    with atomic_dir(out) as staging:
+        figures = staging / FIGURES
+        figures.mkdir()
+        paths = {}
+        for name, png in comparison_figures(results).items():
+            (figures / name).write_bytes(png)
+            paths[name] = figures / name
+        for r in results:
+            for name, source in r.plots.items():
+                (figures / f"{r.arch}_{name}").write_bytes(source.read_bytes())
+            r.plots = {name: figures / f"{r.arch}_{name}" for name in r.plots}
+        sections = build_sections(results, comparisons, paths)
+        (staging / "benchmark.md").write_text(render_markdown(sections, staging))
+        (staging / "index.html").write_text(render_html(sections))
+        write_json(staging / "comparisons.json", comparisons)
+    return results

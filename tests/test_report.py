@@ -1,0 +1,121 @@
+"""The report stage on two really trained and evaluated tiny architectures."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from heritageseg.config import load_params
+from heritageseg.errors import HeritagesegError
+from heritageseg.evaluate import run_evaluation, write_evaluation
+from heritageseg.metrics import paired_bootstrap
+from heritageseg.report import run_report
+from heritageseg.train import run_training
+from tests.browser import distinct_colours, ink, screenshot
+from tests.test_train import tiny  # noqa: F401 (the fixture)
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts"
+ARCHS = ["convnext", "segformer"]
+
+
+@pytest.fixture(scope="module")
+def evaluated(tiny: Path, tmp_path_factory) -> Path:  # noqa: F811
+    """models/ and metrics/ of two architectures, trained 2 epochs and evaluated."""
+    root = tmp_path_factory.mktemp("evaluated")
+    params = load_params(tiny / "params.yaml")
+    params = dataclasses.replace(params, train=dataclasses.replace(params.train, epochs=2))
+    params = dataclasses.replace(
+        params, evaluate=dataclasses.replace(params.evaluate, bootstrap=200)
+    )
+    data = tiny / "data"
+    for arch in ARCHS:
+        run_training(
+            params, arch, data / "cache", data / "class_weights.json", root / "models" / arch,
+            progress=False,
+        )  # fmt: skip
+        evaluation = run_evaluation(
+            params, arch, cache=data / "cache", raw=data / "raw", splits=data / "splits",
+            model_dir=root / "models" / arch, split="test",
+        )  # fmt: skip
+        write_evaluation(evaluation, root / "metrics" / arch)
+    return root
+
+
+@pytest.fixture(scope="module")
+def report(evaluated: Path) -> Path:
+    out = evaluated / "reports"
+    run_report(
+        [*ARCHS, "maxvit"], metrics=evaluated / "metrics", models=evaluated / "models",
+        out=out, iterations=200, seed=0,
+    )  # fmt: skip
+    return out
+
+
+def test_markdown_has_the_results_table_comparisons_and_per_class_tables(evaluated, report):
+    text = (report / "benchmark.md").read_text()
+    for arch in ARCHS:
+        document = json.loads((evaluated / "metrics" / arch / "metrics.json").read_text())
+        low, high = document["miou_ci95"]
+        row = next(line for line in text.splitlines() if line.startswith(f"| {arch} |"))
+        assert f"{100 * document['miou']:.2f} [{100 * low:.2f}, {100 * high:.2f}]" in row
+        assert "maxvit" not in row  # not evaluated: left out, not invented
+    assert "## Pairwise differences (prepared resolution)" in text
+    assert "## Pairwise differences (native resolution)" in text
+    assert "| convnext − segformer |" in text
+    assert "## What native resolution changes" in text
+    per_class = text.split("## IoU per class (prepared resolution)")[1].split("##")[0]
+    assert len([line for line in per_class.splitlines() if line.startswith("| ")]) == 1 + 16
+    for link in re.findall(r"!\[[^]]*\]\(([^)]+)\)", text):
+        assert (report / link).is_file(), link
+
+
+def test_comparisons_are_the_paired_bootstrap_of_the_saved_matrices(evaluated, report):
+    comparisons = json.loads((report / "comparisons.json").read_text())
+    saved = [np.load(evaluated / "metrics" / arch / "per_image.npz") for arch in ARCHS]
+    for resolution in ("prepared", "native"):
+        assert list(saved[0][f"{resolution}_ids"]) == list(saved[1][f"{resolution}_ids"])
+        expected = paired_bootstrap(saved[0][resolution], saved[1][resolution], 200, 0)
+        (pair,) = comparisons[resolution]
+        assert (pair["a"], pair["b"]) == ("convnext", "segformer")
+        assert pair["difference"] == pytest.approx(expected["difference"])
+        assert pair["ci95"] == pytest.approx(expected["ci95"])
+
+
+def test_html_is_self_contained(report):
+    page = (report / "index.html").read_text()
+    sources = re.findall(r"src='([^']*)'", page)
+    assert len(sources) >= 2 * 5 + 3  # 5 pictures per arch + comparisons + curves
+    assert all(source.startswith("data:image/png;base64,") for source in sources)
+    assert "http://" not in page and "https://" not in page
+
+
+@pytest.mark.slow
+def test_report_renders_in_headless_chromium(report):
+    shot = screenshot(
+        (report / "index.html").as_uri(), ARTIFACTS / "report.png", 1400, 3000, wait_ms=2000
+    )
+    assert ink(shot) > 0.05, "the rendered report is (nearly) blank"
+    assert distinct_colours(shot) > 100, "no tables or pictures rendered"
+
+
+def test_report_without_any_evaluation_says_what_to_run(tmp_path):
+    with pytest.raises(HeritagesegError, match="run `heritageseg evaluate` first"):
+        run_report(ARCHS, metrics=tmp_path, models=tmp_path, out=tmp_path / "r",
+                   iterations=10, seed=0)  # fmt: skip
+    assert not (tmp_path / "r").exists()
+
+
+def test_missing_per_image_matrices_name_the_file(evaluated, tmp_path):
+    metrics = tmp_path / "metrics"
+    (metrics / "segformer").mkdir(parents=True)
+    source = evaluated / "metrics" / "segformer" / "metrics.json"
+    (metrics / "segformer" / "metrics.json").write_bytes(source.read_bytes())
+    with pytest.raises(HeritagesegError, match=re.escape("per_image.npz not found")):
+        run_report(ARCHS, metrics=metrics, models=evaluated / "models", out=tmp_path / "r",
+                   iterations=10, seed=0)  # fmt: skip
