@@ -78,6 +78,16 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", default="metrics", help="writes OUT/ARCH (default metrics)")
     evaluate.set_defaults(handler=_evaluate)
 
+    loco = commands.add_parser(
+        "loco", help="domain generalisation: leave one content (or material) type out"
+    )
+    loco.add_argument("--arch", required=True, choices=ARCHS)
+    loco.add_argument("--by", choices=["content", "material"], default="content")
+    loco.add_argument("--cache", default="data/cache")
+    loco.add_argument("--splits", default="data/splits")
+    loco.add_argument("--out", default="metrics/loco", help="writes OUT/BY/ARCH")
+    loco.set_defaults(handler=_loco)
+
     report = commands.add_parser("report", help="benchmark.md and index.html of every arch")
     report.add_argument("--metrics", default="metrics")
     report.add_argument("--models", default="models")
@@ -213,6 +223,16 @@ def _evaluate(args: argparse.Namespace) -> None:
             f"{args.arch} {split} {name}: mIoU {100 * document['miou']:.2f}% "
             f"[{100 * low:.2f}, {100 * high:.2f}], {document['throughput_img_s']:.1f} img/s"
         )
+
+
+def _loco(args: argparse.Namespace) -> None:
+    from heritageseg.domain import run_leave_one_out, summary_markdown
+
+    summary = run_leave_one_out(
+        load_params(args.params), args.arch, cache=Path(args.cache), splits=Path(args.splits),
+        out=Path(args.out) / args.by / args.arch, by=args.by,
+    )  # fmt: skip
+    print(summary_markdown(summary))
 
 
 def _report(args: argparse.Namespace) -> None:
