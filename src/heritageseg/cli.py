@@ -78,6 +78,10 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", default="metrics", help="writes OUT/ARCH (default metrics)")
     evaluate.set_defaults(handler=_evaluate)
 
+    profile = commands.add_parser("profile", help="switch params.yaml to a named profile")
+    profile.add_argument("name", nargs="?", help="laptop (default), paper, paper-native, ...")
+    profile.set_defaults(handler=_profile)
+
     loco = commands.add_parser(
         "loco", help="domain generalisation: leave one content (or material) type out"
     )
@@ -223,6 +227,16 @@ def _evaluate(args: argparse.Namespace) -> None:
             f"{args.arch} {split} {name}: mIoU {100 * document['miou']:.2f}% "
             f"[{100 * low:.2f}, {100 * high:.2f}], {document['throughput_img_s']:.1f} img/s"
         )
+
+
+def _profile(args: argparse.Namespace) -> None:
+    from heritageseg.profiles import apply_profile, available
+
+    if not args.name:
+        print("profiles: " + ", ".join(available()))
+        return
+    values = apply_profile(args.name, Path(args.params))
+    print(f"{args.params}: profile {args.name} set {len(values)} value(s); run `dvc repro`")
 
 
 def _loco(args: argparse.Namespace) -> None:
