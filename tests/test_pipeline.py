@@ -83,3 +83,47 @@ def test_dvc_repro_runs_every_stage_and_is_a_no_op_the_second_time(project: Path
     assert "didn't change" in again.stdout or "up to date" in again.stdout
     status = _run([str(BIN / "dvc"), "status"], project)
     assert "up to date" in status.stdout
+    _check_push_and_pull_restore_everything(project)
+    _check_forced_rerun_gives_identical_scores(project)
+
+
+SPEED_KEYS = {"throughput_img_s", "latency_ms", "peak_mem_mb"}  # measurements, not results
+
+
+def _scores(project: Path) -> dict:
+    return {
+        f"{arch}/{name}": {
+            k: v
+            for k, v in json.loads((project / "metrics" / arch / name).read_text()).items()
+            if k not in SPEED_KEYS
+        }
+        for arch in ("convnext", "segformer", "maxvit")
+        for name in ("metrics.json", "metrics_native.json")
+    }
+
+
+def _check_push_and_pull_restore_everything(project: Path) -> None:
+    """The example remote (a directory beside the checkout) holds every DVC output."""
+    _run([str(BIN / "dvc"), "push"], project)
+    assert (project.parent / "heritageseg-dvc-remote").is_dir()
+    weights = (project / "models" / "segformer" / "model.safetensors").read_bytes()
+    for folder in ("data/raw", "data/cache", "models/segformer", "reports", ".dvc/cache"):
+        shutil.rmtree(project / folder)
+    _run([str(BIN / "dvc"), "pull"], project)
+    assert (project / "models" / "segformer" / "model.safetensors").read_bytes() == weights
+    assert (project / "reports" / "index.html").is_file()
+    assert "up to date" in _run([str(BIN / "dvc"), "status"], project).stdout
+
+
+def _check_forced_rerun_gives_identical_scores(project: Path) -> None:
+    """Same params, same code, CPU: every score of every metrics file is identical."""
+    before = _scores(project), _weights(project)
+    _run([str(BIN / "dvc"), "repro", "--force"], project)
+    assert (_scores(project), _weights(project)) == before
+
+
+def _weights(project: Path) -> dict[str, bytes]:
+    return {
+        arch: (project / "models" / arch / "model.safetensors").read_bytes()
+        for arch in ("convnext", "segformer", "maxvit")
+    }
