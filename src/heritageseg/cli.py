@@ -66,6 +66,7 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", default="models", help="writes OUT/ARCH (default models)")
     train.add_argument("--fresh", action="store_true", help="ignore a saved resume state")
     train.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA when available)")
+    train.add_argument("--raw", default="data/raw", help="ingested data (its manifest is tagged)")
     train.set_defaults(handler=_train)
 
     evaluate = commands.add_parser("evaluate", help="score a trained architecture")
@@ -77,6 +78,8 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--models", default="models")
     evaluate.add_argument("--out", default="metrics", help="writes OUT/ARCH (default metrics)")
     evaluate.set_defaults(handler=_evaluate)
+
+    _add_mlflow_commands(commands)
 
     summary = commands.add_parser("summary", help="print what the pipeline has produced")
     summary.add_argument("--raw", default="data/raw")
@@ -110,6 +113,68 @@ def _build_parser() -> argparse.ArgumentParser:
     bench_train.add_argument("--batch-size", type=int, help="override train.ARCH.batch_size")
     bench_train.set_defaults(handler=_bench_train)
     return parser
+
+
+def _add_mlflow_commands(commands) -> None:
+    promote = commands.add_parser("promote", help="registry: promote an arch to production")
+    promote.add_argument("--arch", required=True, choices=ARCHS)
+    promote.add_argument("--force", action="store_true", help="promote even if test mIoU is lower")
+    promote.add_argument("--rollback", action="store_true", help="restore the previous version")
+    promote.add_argument("--version", help="registered version (default: the newest)")
+    promote.set_defaults(handler=_promote)
+
+    predict = commands.add_parser("predict", help="damage maps of images of any size")
+    predict.add_argument("images", nargs="+", type=Path, help="PNG/JPEG/TIFF images")
+    predict.add_argument("--model", default="models:/heritageseg-segformer@production")
+    predict.add_argument("--out", type=Path, required=True, help="output folder")
+    predict.set_defaults(handler=_predict)
+
+    ui = commands.add_parser("ui", help="the MLflow UI on 127.0.0.1 over the project's store")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.set_defaults(handler=_ui)
+
+
+def _promote(args: argparse.Namespace) -> None:
+    from heritageseg import registry
+
+    cfg = load_params(args.params).tracking
+    if not cfg.enabled:
+        print("tracking.enabled is false: no registry, nothing to promote")
+        return
+    name = f"heritageseg-{args.arch}"
+    if args.rollback:
+        old, new = registry.rollback(cfg, args.arch)
+        print(f"{name}: production rolled back from v{old} to v{new}")
+        return
+    d = registry.promote(cfg, args.arch, force=args.force, version=args.version)
+    figures = f"test mIoU {d.candidate_miou:.4f} vs production " + (
+        "none" if d.production is None else f"v{d.production} {d.production_miou:.4f}"
+    )
+    print(f"{name} v{d.candidate}: {d.verdict} ({figures})")
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from heritageseg import tracking
+    from heritageseg.damage_maps import summary_line, write_damage_maps
+
+    tracking.connect(load_params(args.params).tracking)
+    for report in write_damage_maps(args.images, args.model, args.out):
+        print(summary_line(report))
+    print(f"label masks, overlays and damage reports in {args.out}")
+
+
+def _ui(args: argparse.Namespace) -> None:
+    import subprocess
+
+    from heritageseg import tracking
+
+    cfg = load_params(args.params).tracking
+    uri = tracking.tracking_uri(cfg)
+    tracking.connect(cfg)
+    command = [sys.executable, "-m", "mlflow", "ui", "--host", "127.0.0.1",
+               "--port", str(args.port), "--backend-store-uri", uri]  # fmt: skip
+    print(f"MLflow UI on http://127.0.0.1:{args.port} over {uri} (Ctrl-C stops it)", flush=True)
+    subprocess.run(command, check=False)
 
 
 def _ingest(args: argparse.Namespace) -> None:
@@ -167,23 +232,49 @@ def _train(args: argparse.Namespace) -> None:
     from heritageseg.train import run_training
 
     params = load_params(args.params)
+    main_rank = int(os.environ.get("RANK", "0")) == 0
     for arch in ARCHS if args.arch == "all" else [args.arch]:
-        result = run_training(
-            params,
-            arch,
-            Path(args.cache),
-            Path(args.weights),
-            Path(args.out) / arch,
-            fresh=args.fresh,
-            device=args.device,
-        )
-        if int(os.environ.get("RANK", "0")) != 0:
+        out = Path(args.out) / arch
+        tracker = None
+        if params.tracking.enabled and main_rank:
+            from heritageseg import tracking
+
+            tracker = tracking.start_training(params, Path(args.params), arch, out, Path(args.raw))
+        with _tracked(tracker):
+            result = run_training(
+                params,
+                arch,
+                Path(args.cache),
+                Path(args.weights),
+                out,
+                fresh=args.fresh,
+                device=args.device,
+                on_epoch=tracker.on_epoch if tracker else None,
+            )
+            if tracker is not None:
+                tracking.finish_training(tracker, out, _train_summary(out))
+        if not main_rank:
             continue  # under torchrun every rank trains; one reports
         print(
             f"{arch}: best val mIoU {result.best_val_miou:.4f} at epoch {result.best_epoch} "
             f"of {result.epochs_run}{' (early stop)' if result.stopped_early else ''}; "
             f"weights in {result.out}"
         )
+
+
+def _tracked(tracker):
+    """Mark the tracked run FAILED if the block raises; a no-op without tracking."""
+    import contextlib
+
+    if tracker is None:
+        return contextlib.nullcontext()
+    from heritageseg.tracking import failing_run
+
+    return failing_run(tracker.run_id)
+
+
+def _train_summary(out: Path) -> dict:
+    return json.loads((out / "train_metrics.json").read_text())
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -208,6 +299,23 @@ def _evaluate(args: argparse.Namespace) -> None:
             f"{args.arch} {split} {name}: mIoU {100 * document['miou']:.2f}% "
             f"[{100 * low:.2f}, {100 * high:.2f}], {document['throughput_img_s']:.1f} img/s"
         )
+    if params.tracking.enabled:
+        _track_evaluation(args, params, documents)
+
+
+def _track_evaluation(args: argparse.Namespace, params, documents: dict) -> None:
+    from heritageseg import registry, tracking
+
+    model_dir = Path(args.models) / args.arch
+    run_id, benchmark = tracking.log_evaluation(
+        params, args.arch, model_dir, Path(args.out) / args.arch, documents, Path(args.raw)
+    )
+    version = registry.register_evaluation(
+        params.tracking, run_id, args.arch, model_dir, documents, benchmark,
+        params.evaluate.tile_overlap,
+    )  # fmt: skip
+    where = f"; registered {tracking.model_name(args.arch)} v{version}" if version else ""
+    print(f"logged to MLflow run {run_id} ({tracking.tracking_uri(params.tracking)}){where}")
 
 
 def _summary(args: argparse.Namespace) -> None:
