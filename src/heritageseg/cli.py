@@ -164,17 +164,15 @@ def _predict(args: argparse.Namespace) -> None:
 
 
 def _ui(args: argparse.Namespace) -> None:
-    import subprocess
-
     from heritageseg import tracking
 
     cfg = load_params(args.params).tracking
     uri = tracking.tracking_uri(cfg)
-    tracking.connect(cfg)
+    tracking.connect(cfg)  # creates the store and the experiment on first use
     command = [sys.executable, "-m", "mlflow", "ui", "--host", "127.0.0.1",
                "--port", str(args.port), "--backend-store-uri", uri]  # fmt: skip
     print(f"MLflow UI on http://127.0.0.1:{args.port} over {uri} (Ctrl-C stops it)", flush=True)
-    subprocess.run(command, check=False)
+    os.execv(sys.executable, command)  # the server replaces this process: one pid, Ctrl-C works
 
 
 def _ingest(args: argparse.Namespace) -> None:

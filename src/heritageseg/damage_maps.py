@@ -37,7 +37,7 @@ def model_identity(uri: str) -> tuple[str, str | None]:
     from mlflow.tracking import MlflowClient
 
     if alias:
-        return name, MlflowClient().get_model_version_by_alias(name, alias).version
+        return name, str(MlflowClient().get_model_version_by_alias(name, alias).version)
     return name, None
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import tempfile
 import warnings
 from dataclasses import dataclass
 from importlib import metadata
@@ -66,24 +67,21 @@ def log_model(run_id: str, arch: str, model_dir: Path, overlap: int, register: b
     from heritageseg.serving import encode_image
 
     package = Path(__file__).resolve().parent
-    serving = model_dir / ".serving.json"
-    write_json(serving, {"overlap": overlap})
     example = pd.DataFrame({"image": [encode_image(np.full((40, 56, 3), 128, np.uint8))]})
-    try:
-        with mlflow.start_run(run_id=run_id):
-            info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=str(package / "pyfunc_model.py"),
-                artifacts={"weights": str(model_dir / "model.safetensors"),
-                           "config": str(model_dir / "config.json"), "serving": str(serving)},
-                code_paths=[str(package)],
-                signature=_signature(),
-                input_example=example,
-                pip_requirements=_requirements(),
-                registered_model_name=model_name(arch) if register else None,
-            )  # fmt: skip
-    finally:
-        serving.unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory() as temp, mlflow.start_run(run_id=run_id):
+        serving = Path(temp) / "serving.json"
+        write_json(serving, {"overlap": overlap})
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(package / "pyfunc_model.py"),
+            artifacts={"weights": str(model_dir / "model.safetensors"),
+                       "config": str(model_dir / "config.json"), "serving": str(serving)},
+            code_paths=[str(package)],
+            signature=_signature(),
+            input_example=example,
+            pip_requirements=_requirements(),
+            registered_model_name=model_name(arch) if register else None,
+        )  # fmt: skip
     if not register:
         return None
     from mlflow.tracking import MlflowClient
@@ -113,7 +111,7 @@ def register_evaluation(
         for key in ("miou", "miou_damage", "dice", "pixel_accuracy", "f1", "throughput_img_s"):
             tags[f"{prefix}_{key}"] = f"{document[key]:.6f}"
     tag_version(version, tags)
-    return version.version
+    return str(version.version)
 
 
 # ---------------------------------------------------------------- promotion
@@ -157,8 +155,8 @@ def _production(client, name: str):
 def _history(client, name: str, current) -> list[str]:
     tags = client.get_registered_model(name).tags
     history = json.loads(tags.get(_HISTORY, "[]"))
-    if current is not None and (not history or history[-1] != current.version):
-        history.append(current.version)  # an alias set by hand
+    if current is not None and (not history or history[-1] != str(current.version)):
+        history.append(str(current.version))  # an alias set by hand
     return history
 
 
@@ -199,16 +197,16 @@ def promote(cfg: TrackingConfig, arch: str, *, force: bool = False,
     passes = production_miou is None or candidate_miou >= production_miou
     decision = Decision(
         name,
-        candidate.version,
-        current.version if current else None,
+        str(candidate.version),
+        str(current.version) if current else None,
         candidate_miou,
         production_miou,
         promoted=passes or force,
         forced=force and not passes,
     )
-    if decision.promoted and decision.production != candidate.version:
+    if decision.promoted and decision.production != decision.candidate:
         history = _history(client, name, current)
-        _set_production(client, name, candidate.version, [*history, candidate.version])
+        _set_production(client, name, decision.candidate, [*history, decision.candidate])
     _record(client, experiment_id, candidate, decision)
     return decision
 
@@ -226,7 +224,7 @@ def _record(client, experiment_id: str, candidate, decision: Decision) -> None:
     parent = find_parent(experiment_id, candidate.tags.get(TAG_BENCHMARK, ""))
     if parent is not None:
         arch = candidate.tags.get(TAG_ARCH, decision.name)
-        for key, value in {**tags, "promotion.candidate_version": candidate.version}.items():
+        for key, value in {**tags, "promotion.candidate_version": decision.candidate}.items():
             client.set_tag(parent, f"{arch}.{key}", value)
 
 
@@ -251,4 +249,4 @@ def rollback(cfg: TrackingConfig, arch: str) -> tuple[str, str]:
         warnings.simplefilter("ignore", FutureWarning)
         with contextlib.suppress(Exception):
             client.transition_model_version_stage(name, current.version, "Archived")
-    return current.version, previous
+    return str(current.version), previous
