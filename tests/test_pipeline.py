@@ -72,7 +72,25 @@ def test_dvc_repro_runs_every_stage_and_is_a_no_op_the_second_time(project: Path
     summary = _run([str(BIN / "heritageseg"), "summary"], project).stdout
     assert "test mIoU (95% CI)" in summary
     assert all(f"{arch} " in summary for arch in ("convnext", "segformer", "maxvit"))
+    _assert_tracked_in_mlflow(project)
     again = _run([str(BIN / "dvc"), "repro"], project)
     assert "didn't change" in again.stdout or "up to date" in again.stdout
     status = _run([str(BIN / "dvc"), "status"], project)
     assert "up to date" in status.stdout
+
+
+def _assert_tracked_in_mlflow(project: Path) -> None:
+    """`dvc repro` lands in the project's store: a parent run, one child per arch, SegFormer
+    promoted by the last stage."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{project}/mlruns/mlflow.db"
+    client = MlflowClient(uri, registry_uri=uri)
+    experiment = client.get_experiment_by_name("artefact-benchmark").experiment_id
+    runs = {r.info.run_name: r for r in client.search_runs([experiment])}
+    (parent,) = [r for name, r in runs.items() if name.startswith("benchmark-")]
+    for arch in ("convnext", "segformer", "maxvit"):
+        assert runs[arch].data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert "test_miou" in runs[arch].data.metrics
+    assert parent.data.tags["segformer.promotion.decision"] == "promoted"
+    assert client.get_model_version_by_alias("heritageseg-segformer", "production")

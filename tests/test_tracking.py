@@ -122,6 +122,15 @@ def test_a_tiny_run_records_params_metrics_table_confusion_and_model(tracked):
     assert (files / "artifacts" / "model.safetensors").is_file()
 
 
+def test_the_report_is_logged_to_the_benchmarks_parent_run(tracked, tmp_path):
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "benchmark.md").write_text("# benchmark\n")
+    parents = tracking.log_report(CFG, tmp_path / "reports", tracked["out"] / "models")
+    assert parents == [tracked["parent_run_id"]]
+    files = MlflowClient().list_artifacts(tracked["parent_run_id"], "report")
+    assert [f.path for f in files] == ["report/benchmark.md"]
+
+
 def _version_with_miou(source_version, miou: float):
     """A new registered version of the same logged model, tagged with another test mIoU:
     the gate reads only the tag, so this stands for a retrained model of that quality."""
@@ -363,15 +372,24 @@ def test_three_processes_lose_no_metric_in_sqlite_or_on_a_server(store, ui_serve
     _log_concurrently(ui_server, "concurrency-server", 40)
 
 
+def _dom(url: str) -> str:
+    args = [chromium(), "--headless", "--no-sandbox", "--disable-gpu",
+            "--virtual-time-budget=20000", "--dump-dom", url]  # fmt: skip
+    return subprocess.run(args, capture_output=True, text=True, timeout=180).stdout
+
+
 @pytest.mark.slow
 def test_mlflow_ui_in_headless_chromium_shows_the_benchmark_runs(tracked, ui_server):
-    chromium()
-    experiment = MlflowClient().get_run(tracked["run_id"]).info.experiment_id
-    url = f"{ui_server}/#/experiments/{experiment}/runs"
-    dom = subprocess.run(
-        [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=20000",
-         "--dump-dom", url], capture_output=True, text=True, timeout=180,
-    ).stdout  # fmt: skip
-    assert f"benchmark-{BENCHMARK}" in dom, dom[-2000:]
-    shot = screenshot(url, ARTIFACTS / "mlflow-ui-runs.png", 1600, 1000, wait_ms=20000)
+    client = MlflowClient()
+    experiment = client.get_run(tracked["run_id"]).info.experiment_id
+    runs_page = _dom(f"{ui_server}/#/experiments/{experiment}/runs")
+    assert f"benchmark-{BENCHMARK}" in runs_page, runs_page[-2000:]
+    children = client.search_runs(
+        [experiment], f"tags.mlflow.parentRunId = '{tracked['parent_run_id']}'"
+    )
+    ids = json.dumps([tracked["parent_run_id"], *(r.info.run_id for r in children)])
+    compare = f'{ui_server}/#/compare-runs?runs={ids}&experiments=["{experiment}"]'
+    page = _dom(compare)
+    assert "segformer" in page and f"benchmark-{BENCHMARK}" in page and "test_miou" in page
+    shot = screenshot(compare, ARTIFACTS / "mlflow-ui-compare.png", 1600, 1100, wait_ms=20000)
     assert ink(shot) > 0.02

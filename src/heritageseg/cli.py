@@ -306,8 +306,9 @@ def _track_evaluation(args: argparse.Namespace, params, documents: dict) -> None
 
     model_dir = Path(args.models) / args.arch
     run_id, benchmark = tracking.log_evaluation(
-        params, args.arch, model_dir, Path(args.out) / args.arch, documents, Path(args.raw)
-    )
+        params, args.arch, model_dir, Path(args.out) / args.arch, documents, Path(args.raw),
+        Path(args.params),
+    )  # fmt: skip
     version = registry.register_evaluation(
         params.tracking, run_id, args.arch, model_dir, documents, benchmark,
         params.evaluate.tile_overlap,

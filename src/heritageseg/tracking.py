@@ -357,7 +357,7 @@ def read_run_file(model_dir: Path) -> dict | None:
 
 def log_evaluation(
     params: Params, arch: str, model_dir: Path, metrics_dir: Path, documents: dict[str, dict],
-    raw: Path,
+    raw: Path, params_file: Path,
 ) -> tuple[str, str]:  # fmt: skip
     """Into the arch's child run (from mlflow.json; a new child run if train was not
     tracked): final metrics, the per-class table, the confusion matrix (JSON + PNG), every
@@ -369,7 +369,7 @@ def log_evaluation(
     client = MlflowClient()
     if saved is None:
         manifest = raw / "manifest.json"
-        benchmark = benchmark_id(Path("params.yaml"), manifest)
+        benchmark = benchmark_id(params_file, manifest)
         parent = parent_run(experiment_id, benchmark)
         run_id = client.create_run(experiment_id, run_name=arch, tags={
             **run_tags("evaluate", manifest), "mlflow.parentRunId": parent,
@@ -386,6 +386,19 @@ def log_evaluation(
             relative = path.parent.relative_to(metrics_dir)
             client.log_artifact(run_id, str(path), str(Path("evaluate") / relative))
     return run_id, benchmark
+
+
+def log_report(cfg: TrackingConfig, folder: Path, models: Path) -> list[str]:
+    """Log a report folder (`heritageseg report`'s reports/) into the parent run of each
+    benchmark the trained models belong to (models/*/mlflow.json); the parent run ids."""
+    from mlflow.tracking import MlflowClient
+
+    connect(cfg)
+    parents = sorted({saved["parent_run_id"] for saved in map(read_run_file, models.iterdir())
+                      if saved is not None})  # fmt: skip
+    for parent in parents:
+        MlflowClient().log_artifacts(parent, str(folder), "report")
+    return parents
 
 
 def metrics_prefix(file_name: str, document: dict) -> str:
