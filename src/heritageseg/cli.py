@@ -131,6 +131,7 @@ def _add_mlflow_commands(commands) -> None:
 
     ui = commands.add_parser("ui", help="the MLflow UI on 127.0.0.1 over the project's store")
     ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--workers", type=int, default=2, help="server processes (default 2)")
     ui.set_defaults(handler=_ui)
 
 
@@ -170,7 +171,10 @@ def _ui(args: argparse.Namespace) -> None:
     uri = tracking.tracking_uri(cfg)
     tracking.connect(cfg)  # creates the store and the experiment on first use
     command = [sys.executable, "-m", "mlflow", "ui", "--host", "127.0.0.1",
-               "--port", str(args.port), "--backend-store-uri", uri]  # fmt: skip
+               "--port", str(args.port), "--workers", str(args.workers),
+               "--backend-store-uri", uri]  # fmt: skip
+    # MLflow's GenAI job runner (a pool of consumer processes) serves nothing of this project
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     print(f"MLflow UI on http://127.0.0.1:{args.port} over {uri} (Ctrl-C stops it)", flush=True)
     os.execv(sys.executable, command)  # the server replaces this process: one pid, Ctrl-C works
 
