@@ -23,6 +23,7 @@ def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
         "DVC_NO_ANALYTICS": "1",
         "HF_HUB_OFFLINE": "1",
     }
+    env.pop("MLFLOW_TRACKING_URI", None)  # the project's own store, as `dvc repro` uses it
     done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, check=False)
     assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
     return done
