@@ -307,6 +307,22 @@ def test_unreachable_tracking_server_fails_before_the_first_epoch(tracked, tmp_p
     assert time.monotonic() - start < 15
 
 
+def test_epoch_metrics_survive_a_server_that_goes_away_mid_training(store, monkeypatch):
+    experiment = tracking.connect(TrackingConfig(experiment="outage"))
+    tracker = tracking.RunTracker(MlflowClient().create_run(experiment).info.run_id)
+    tracker.on_epoch({"epoch": 1, "val_miou": 0.1})
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    mlflow.set_tracking_uri(f"http://127.0.0.1:{_free_port()}")  # the server is gone
+    with pytest.warns(UserWarning, match="kept for retry"):
+        tracker.on_epoch({"epoch": 2, "val_miou": 0.2})
+    assert len(tracker.pending) == 1
+    mlflow.set_tracking_uri(store)  # back again
+    tracker.on_epoch({"epoch": 3, "val_miou": 0.3})
+    assert not tracker.pending
+    history = MlflowClient().get_metric_history(tracker.run_id, "val_miou")
+    assert sorted((m.step, m.value) for m in history) == [(1, 0.1), (2, 0.2), (3, 0.3)]
+
+
 LOGGER = """
 import sys
 from heritageseg.config import TrackingConfig
