@@ -237,12 +237,7 @@ def _train(args: argparse.Namespace) -> None:
     main_rank = int(os.environ.get("RANK", "0")) == 0
     for arch in ARCHS if args.arch == "all" else [args.arch]:
         out = Path(args.out) / arch
-        tracker = None
-        if params.tracking.enabled and main_rank:
-            from heritageseg import tracking
-
-            tracker = tracking.start_training(params, Path(args.params), arch, out, Path(args.raw))
-        with _tracked(tracker):
+        with _training_run(params, args, arch, out, main_rank) as tracker:
             result = run_training(
                 params,
                 arch,
@@ -253,8 +248,6 @@ def _train(args: argparse.Namespace) -> None:
                 device=args.device,
                 on_epoch=tracker.on_epoch if tracker else None,
             )
-            if tracker is not None:
-                tracking.finish_training(tracker, out, _train_summary(out))
         if not main_rank:
             continue  # under torchrun every rank trains; one reports
         print(
@@ -264,19 +257,15 @@ def _train(args: argparse.Namespace) -> None:
         )
 
 
-def _tracked(tracker):
-    """Mark the tracked run FAILED if the block raises; a no-op without tracking."""
+def _training_run(params, args: argparse.Namespace, arch: str, out: Path, main_rank: bool):
+    """The MLflow child run around training (rank 0, tracking on); else yields None."""
     import contextlib
 
-    if tracker is None:
+    if not (params.tracking.enabled and main_rank):
         return contextlib.nullcontext()
-    from heritageseg.tracking import failing_run
+    from heritageseg.tracking import training_run
 
-    return failing_run(tracker.run_id)
-
-
-def _train_summary(out: Path) -> dict:
-    return json.loads((out / "train_metrics.json").read_text())
+    return training_run(params, Path(args.params), arch, out, Path(args.raw))
 
 
 def _evaluate(args: argparse.Namespace) -> None:

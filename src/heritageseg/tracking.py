@@ -21,6 +21,7 @@ import json
 import os
 import socket
 import subprocess
+import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -230,15 +231,11 @@ class RunTracker:
 
     def flush(self) -> bool:
         """Send pending metrics; on failure warn and keep them (training goes on)."""
-        from mlflow.entities import Metric
         from mlflow.tracking import MlflowClient
 
         if not self.pending:
             return True
-        import time
-
-        now = int(time.time() * 1000)
-        metrics = [Metric(k, v, now, s) for k, v, s in self.pending]
+        metrics = _metrics(self.pending)
         try:
             for start in range(0, len(metrics), 1000):
                 MlflowClient().log_batch(self.run_id, metrics=metrics[start : start + 1000])
@@ -282,9 +279,21 @@ def start_training(
     return RunTracker(run_id)
 
 
+@contextlib.contextmanager
+def training_run(
+    params: Params, params_file: Path, arch: str, out: Path, raw: Path
+) -> Iterator[RunTracker]:
+    """start_training, then the block (the run marked FAILED if it raises), then
+    finish_training with OUT/train_metrics.json."""
+    tracker = start_training(params, params_file, arch, out, raw)
+    with failing_run(tracker.run_id):
+        yield tracker
+    finish_training(tracker, out, json.loads((out / "train_metrics.json").read_text()))
+
+
 def _stage_params(params: Params, arch: str) -> dict[str, str]:
-    """The train stage's params section, flattened: shared train keys, this arch's model,
-    augmentations and the evaluation settings."""
+    """The train stage's params section, flattened: shared train keys, this arch's model
+    and the augmentations."""
     train = {k: v for k, v in dataclasses.asdict(params.train).items() if k not in
              ("convnext", "segformer", "maxvit")}  # fmt: skip
     return {
@@ -305,13 +314,27 @@ def log_params(run_id: str, values: dict[str, str]) -> None:
         MlflowClient().log_batch(run_id, params=items[start : start + 100])
 
 
-def finish_training(tracker: RunTracker, model_dir: Path, summary: dict) -> None:
-    """Final train metrics, the resolved config as params, history and config as files."""
+def finish_training(tracker: RunTracker, model_dir: Path, summary: dict) -> bool:
+    """Final train metrics, the resolved config as params, history and config as files.
+    A store that fails now costs a warning, not the finished training: False."""
+    try:
+        _finish_training(tracker, model_dir, summary)
+    except Exception as exc:  # the network or the store: the weights are safe on disk
+        warnings.warn(
+            f"training finished (weights in {model_dir}) but MLflow run {tracker.run_id} could "
+            f"not be completed: {exc}",
+            stacklevel=2,
+        )
+        return False
+    return True
+
+
+def _finish_training(tracker: RunTracker, model_dir: Path, summary: dict) -> None:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
     if not tracker.flush():
-        raise TrackingError(f"could not send the epoch metrics of run {tracker.run_id}")
+        raise TrackingError(f"{len(tracker.pending)} epoch metrics left unsent")
     config = json.loads((model_dir / "config.json").read_text())
     resolved = {k: v for k, v in flatten(config, "config").items() if not k.startswith(
         ("config.train.", "config.augment.", "config.model."))}  # fmt: skip
@@ -324,13 +347,13 @@ def finish_training(tracker: RunTracker, model_dir: Path, summary: dict) -> None
     client.set_terminated(tracker.run_id)
 
 
-def _metrics(values: dict[str, float], step: int = 0) -> list:
-    import time
-
+def _metrics(values: dict[str, float] | list[tuple[str, float, int]]) -> list:
+    """MLflow Metric entities from {name: value} (step 0) or [(name, value, step)]."""
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    return [Metric(k, v, now, step) for k, v in values.items()]
+    items = [(k, v, 0) for k, v in values.items()] if isinstance(values, dict) else values
+    return [Metric(k, v, now, step) for k, v, step in items]
 
 
 @contextlib.contextmanager
