@@ -19,7 +19,13 @@ from pathlib import Path
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
+import torch
 from PIL import Image
+from safetensors.torch import load_file
+
+from heritageseg.config import ModelConfig
+from heritageseg.infer import model_predictor, sliding_window_predict
+from heritageseg.models import build_model
 
 IMAGE_COLUMN = "image"
 OUTPUT_COLUMNS = ("mask", "height", "width")
@@ -56,26 +62,17 @@ class Segmenter:
     """The network rebuilt from a model folder (config.json + model.safetensors)."""
 
     def __init__(self, weights: Path, config: Path, overlap: int | None = None):
-        import torch
-
-        from heritageseg.checkpoint import unwrap
-        from heritageseg.config import ModelConfig
-        from heritageseg.models import build_model
-
         self.config = json.loads(Path(config).read_text())
+        # the weights come from the file: never fetch pretrained ones
         model_cfg = ModelConfig(**{**self.config["model"], "encoder_weights": None})
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         model = build_model(model_cfg)
-        from safetensors.torch import load_file
-
-        unwrap(model).load_state_dict(load_file(str(weights)))
+        model.load_state_dict(load_file(str(weights)))
         self.model = model.to(self.device).eval()
         self.tile = model_cfg.image_size
         self.overlap = self.tile // 8 if overlap is None else overlap
 
     def labels(self, image: np.ndarray) -> np.ndarray:
-        from heritageseg.infer import model_predictor, sliding_window_predict
-
         norm = self.config["normalization"]
         return sliding_window_predict(
             model_predictor(self.model), image, tile=self.tile, overlap=self.overlap,
