@@ -15,10 +15,12 @@ import time
 import warnings
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pytest
 import requests
 import yaml
+from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from heritageseg import cli, registry, tracking
@@ -26,9 +28,6 @@ from heritageseg.config import TrackingConfig
 from heritageseg.damage_maps import damage_report
 from tests.browser import chromium, ink, screenshot
 from tests.test_train import tiny  # noqa: F401 - the module-scoped tiny project fixture
-
-mlflow = pytest.importorskip("mlflow")
-from mlflow.tracking import MlflowClient  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
