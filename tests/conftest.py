@@ -54,3 +54,12 @@ def synthetic_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("synthetic") / "raw"
     run_ingest(IngestConfig(n=200, seed=0, rows_per_shard=80), out)
     return out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _mlflow_store_in_tmp(tmp_path_factory: pytest.TempPathFactory):
+    """CLI runs in tests track into a throwaway sqlite store, never the project's mlruns/."""
+    store = tmp_path_factory.mktemp("mlruns") / "mlflow.db"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
+        yield

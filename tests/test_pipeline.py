@@ -23,6 +23,7 @@ def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
         "DVC_NO_ANALYTICS": "1",
         "HF_HUB_OFFLINE": "1",
     }
+    env.pop("MLFLOW_TRACKING_URI", None)  # the project's own store, as `dvc repro` uses it
     done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, check=False)
     assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
     return done
@@ -79,6 +80,7 @@ def test_dvc_repro_runs_every_stage_and_is_a_no_op_the_second_time(project: Path
     summary = _run([str(BIN / "heritageseg"), "summary"], project).stdout
     assert "test mIoU (95% CI)" in summary
     assert all(f"{arch} " in summary for arch in ("convnext", "segformer", "maxvit"))
+    _assert_tracked_in_mlflow(project)
     again = _run([str(BIN / "dvc"), "repro"], project)
     assert "didn't change" in again.stdout or "up to date" in again.stdout
     status = _run([str(BIN / "dvc"), "status"], project)
@@ -127,3 +129,20 @@ def _weights(project: Path) -> dict[str, bytes]:
         arch: (project / "models" / arch / "model.safetensors").read_bytes()
         for arch in ("convnext", "segformer", "maxvit")
     }
+
+
+def _assert_tracked_in_mlflow(project: Path) -> None:
+    """`dvc repro` lands in the project's store: a parent run, one child per arch, SegFormer
+    promoted by the last stage."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{project}/mlruns/mlflow.db"
+    client = MlflowClient(uri, registry_uri=uri)
+    experiment = client.get_experiment_by_name("artefact-benchmark").experiment_id
+    runs = {r.info.run_name: r for r in client.search_runs([experiment])}
+    (parent,) = [r for name, r in runs.items() if name.startswith("benchmark-")]
+    for arch in ("convnext", "segformer", "maxvit"):
+        assert runs[arch].data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert "test_miou" in runs[arch].data.metrics
+    assert parent.data.tags["segformer.promotion.decision"] == "promoted"
+    assert client.get_model_version_by_alias("heritageseg-segformer", "production")

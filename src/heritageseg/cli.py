@@ -66,6 +66,7 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", default="models", help="writes OUT/ARCH (default models)")
     train.add_argument("--fresh", action="store_true", help="ignore a saved resume state")
     train.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA when available)")
+    train.add_argument("--raw", default="data/raw", help="ingested data (its manifest is tagged)")
     train.set_defaults(handler=_train)
 
     evaluate = commands.add_parser("evaluate", help="score a trained architecture")
@@ -97,6 +98,7 @@ def _build_parser() -> argparse.ArgumentParser:
     report.add_argument("--models", default="models")
     report.add_argument("--out", default="reports", help="output folder (default reports)")
     report.set_defaults(handler=_report)
+    _add_mlflow_commands(commands)
 
     summary = commands.add_parser("summary", help="print what the pipeline has produced")
     summary.add_argument("--raw", default="data/raw")
@@ -130,6 +132,70 @@ def _build_parser() -> argparse.ArgumentParser:
     bench_train.add_argument("--batch-size", type=int, help="override train.ARCH.batch_size")
     bench_train.set_defaults(handler=_bench_train)
     return parser
+
+
+def _add_mlflow_commands(commands) -> None:
+    promote = commands.add_parser("promote", help="registry: promote an arch to production")
+    promote.add_argument("--arch", required=True, choices=ARCHS)
+    promote.add_argument("--force", action="store_true", help="promote even if test mIoU is lower")
+    promote.add_argument("--rollback", action="store_true", help="restore the previous version")
+    promote.add_argument("--version", help="registered version (default: the newest)")
+    promote.set_defaults(handler=_promote)
+
+    predict = commands.add_parser("predict", help="damage maps of images of any size")
+    predict.add_argument("images", nargs="+", type=Path, help="PNG/JPEG/TIFF images")
+    predict.add_argument("--model", default="models:/heritageseg-segformer@production")
+    predict.add_argument("--out", type=Path, required=True, help="output folder")
+    predict.set_defaults(handler=_predict)
+
+    ui = commands.add_parser("ui", help="the MLflow UI on 127.0.0.1 over the project's store")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--workers", type=int, default=2, help="server processes (default 2)")
+    ui.set_defaults(handler=_ui)
+
+
+def _promote(args: argparse.Namespace) -> None:
+    from heritageseg import registry
+
+    cfg = load_params(args.params).tracking
+    if not cfg.enabled:
+        print("tracking.enabled is false: no registry, nothing to promote")
+        return
+    name = f"heritageseg-{args.arch}"
+    if args.rollback:
+        old, new = registry.rollback(cfg, args.arch)
+        print(f"{name}: production rolled back from v{old} to v{new}")
+        return
+    d = registry.promote(cfg, args.arch, force=args.force, version=args.version)
+    figures = f"test mIoU {d.candidate_miou:.4f} vs production " + (
+        "none" if d.production is None else f"v{d.production} {d.production_miou:.4f}"
+    )
+    print(f"{name} v{d.candidate}: {d.verdict} ({figures})")
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from heritageseg import tracking
+    from heritageseg.damage_maps import summary_line, write_damage_maps
+
+    tracking.connect(load_params(args.params).tracking)
+    for report in write_damage_maps(args.images, args.model, args.out):
+        print(summary_line(report))
+    print(f"label masks, overlays and damage reports in {args.out}")
+
+
+def _ui(args: argparse.Namespace) -> None:
+    from heritageseg import tracking
+
+    cfg = load_params(args.params).tracking
+    uri = tracking.tracking_uri(cfg)
+    tracking.connect(cfg)  # creates the store and the experiment on first use
+    command = [sys.executable, "-m", "mlflow", "ui", "--host", "127.0.0.1",
+               "--port", str(args.port), "--workers", str(args.workers),
+               "--backend-store-uri", uri]  # fmt: skip
+    # MLflow's GenAI job runner (a pool of consumer processes) serves nothing of this project
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    print(f"MLflow UI on http://127.0.0.1:{args.port} over {uri} (Ctrl-C stops it)", flush=True)
+    os.execv(sys.executable, command)  # the server replaces this process: one pid, Ctrl-C works
 
 
 def _ingest(args: argparse.Namespace) -> None:
@@ -187,23 +253,38 @@ def _train(args: argparse.Namespace) -> None:
     from heritageseg.train import run_training
 
     params = load_params(args.params)
+    main_rank = int(os.environ.get("RANK", "0")) == 0
     for arch in ARCHS if args.arch == "all" else [args.arch]:
-        result = run_training(
-            params,
-            arch,
-            Path(args.cache),
-            Path(args.weights),
-            Path(args.out) / arch,
-            fresh=args.fresh,
-            device=args.device,
-        )
-        if int(os.environ.get("RANK", "0")) != 0:
+        out = Path(args.out) / arch
+        with _training_run(params, args, arch, out, main_rank) as tracker:
+            result = run_training(
+                params,
+                arch,
+                Path(args.cache),
+                Path(args.weights),
+                out,
+                fresh=args.fresh,
+                device=args.device,
+                on_epoch=tracker.on_epoch if tracker else None,
+            )
+        if not main_rank:
             continue  # under torchrun every rank trains; one reports
         print(
             f"{arch}: best val mIoU {result.best_val_miou:.4f} at epoch {result.best_epoch} "
             f"of {result.epochs_run}{' (early stop)' if result.stopped_early else ''}; "
             f"weights in {result.out}"
         )
+
+
+def _training_run(params, args: argparse.Namespace, arch: str, out: Path, main_rank: bool):
+    """The MLflow child run around training (rank 0, tracking on); else yields None."""
+    import contextlib
+
+    if not (params.tracking.enabled and main_rank):
+        return contextlib.nullcontext()
+    from heritageseg.tracking import training_run
+
+    return training_run(params, Path(args.params), arch, out, Path(args.raw))
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -227,6 +308,24 @@ def _evaluate(args: argparse.Namespace) -> None:
             f"{args.arch} {split} {name}: mIoU {100 * document['miou']:.2f}% "
             f"[{100 * low:.2f}, {100 * high:.2f}], {document['throughput_img_s']:.1f} img/s"
         )
+    if params.tracking.enabled:
+        _track_evaluation(args, params, evaluation.documents)
+
+
+def _track_evaluation(args: argparse.Namespace, params, documents: dict) -> None:
+    from heritageseg import registry, tracking
+
+    model_dir = Path(args.models) / args.arch
+    run_id, benchmark = tracking.log_evaluation(
+        params, args.arch, model_dir, Path(args.out) / args.arch, documents, Path(args.raw),
+        Path(args.params),
+    )  # fmt: skip
+    version = registry.register_evaluation(
+        params.tracking, run_id, args.arch, model_dir, documents, benchmark,
+        params.evaluate.tile_overlap,
+    )  # fmt: skip
+    where = f"; registered {tracking.model_name(args.arch)} v{version}" if version else ""
+    print(f"logged to MLflow run {run_id} ({tracking.tracking_uri(params.tracking)}){where}")
 
 
 def _profile(args: argparse.Namespace) -> None:
@@ -252,14 +351,19 @@ def _loco(args: argparse.Namespace) -> None:
 def _report(args: argparse.Namespace) -> None:
     from heritageseg.report import run_report
 
-    cfg = load_params(args.params).evaluate
+    params = load_params(args.params)
     out = Path(args.out)
     results = run_report(
         list(ARCHS), metrics=Path(args.metrics), models=Path(args.models), out=out,
-        iterations=cfg.bootstrap, seed=cfg.seed,
+        iterations=params.evaluate.bootstrap, seed=params.evaluate.seed,
     )  # fmt: skip
     archs = ", ".join(r.arch for r in results)
     print(f"report of {archs}: {out / 'benchmark.md'}, {out / 'index.html'}")
+    if params.tracking.enabled:
+        from heritageseg.tracking import log_report
+
+        parents = log_report(params.tracking, out, Path(args.models))
+        print(f"logged the report to MLflow run(s) {', '.join(parents) or '(none)'}")
 
 
 def _summary(args: argparse.Namespace) -> None:

@@ -197,6 +197,16 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class TrackingConfig:
+    """MLflow. The env MLFLOW_TRACKING_URI wins over `uri`; None: sqlite:///mlruns/mlflow.db."""
+
+    enabled: bool = True
+    uri: str | None = None
+    experiment: str = "artefact-benchmark"
+    register: bool = True  # log a pyfunc model per arch and register it as heritageseg-<arch>
+
+
+@dataclass(frozen=True)
 class Params:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
@@ -205,6 +215,7 @@ class Params:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

@@ -1,0 +1,145 @@
+"""Damage maps for conservators: a registered model applied to images of any size.
+
+Per input `STEM.ext`, in the output folder: `STEM.png` (label mask, mode L, the input's size,
+values = class ids), `STEM_overlay.png` (the published class colours blended over the image,
+with a legend of the classes found) and `STEM.json` (area % and connected regions per class,
+image size, model name and version).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from scipy import ndimage
+from tqdm import tqdm
+
+from heritageseg.classes import CLASSES, colourise
+from heritageseg.errors import HeritagesegError
+from heritageseg.fileio import atomic_write_bytes, write_json
+
+ALPHA = 0.5  # overlay opacity of the class colours; Clean pixels are left as they are
+_EIGHT_NEIGHBOURS = np.ones((3, 3), dtype=bool)
+
+
+def model_identity(uri: str) -> tuple[str, str | None]:
+    """(registered name, version) of a `models:/NAME@alias` or `models:/NAME/N` URI; for any
+    other URI (a run or a folder) the URI itself and no version."""
+    match = re.fullmatch(r"models:/([^/@]+)(?:@([^/]+)|/(\d+))?", uri)
+    if not match:
+        return uri, None
+    name, alias, number = match.groups()
+    if number:
+        return name, number
+    from mlflow.tracking import MlflowClient
+
+    if alias:
+        return name, str(MlflowClient().get_model_version_by_alias(name, alias).version)
+    return name, None
+
+
+def damage_report(mask: np.ndarray, name: str, version: str | None, source: str) -> dict:
+    """Area % of the image and number of 8-connected regions, per class."""
+    total = mask.size
+    classes = {}
+    for entry in CLASSES:
+        where = mask == entry.id
+        pixels = int(where.sum())
+        regions = int(ndimage.label(where, structure=_EIGHT_NEIGHBOURS)[1]) if pixels else 0
+        classes[entry.name] = {"id": entry.id, "pixels": pixels,
+                               "area_pct": 100.0 * pixels / total, "regions": regions}  # fmt: skip
+    damaged = int(((mask != 0) & (mask < len(CLASSES))).sum())
+    return {
+        "image": source,
+        "width": int(mask.shape[1]),
+        "height": int(mask.shape[0]),
+        "model": {"name": name, "version": version},
+        "damage_area_pct": 100.0 * damaged / total,
+        "classes": classes,
+    }
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, report: dict) -> Image.Image:
+    """The image with damage in its class colours and a legend of the classes present."""
+    colours = colourise(mask).astype(np.float32)
+    blended = image.astype(np.float32)
+    damaged = (mask != 0)[..., None]
+    blended = np.where(damaged, (1 - ALPHA) * blended + ALPHA * colours, blended)
+    picture = Image.fromarray(blended.round().astype(np.uint8))
+    present = [(n, c) for n, c in report["classes"].items() if c["pixels"] and c["id"] != 0]
+    return _with_legend(picture, present or [("no damage found", None)])
+
+
+def _with_legend(picture: Image.Image, entries: list[tuple[str, dict | None]]) -> Image.Image:
+    font = ImageFont.load_default(size=max(12, min(28, picture.width // 50)))
+    line = int(font.size * 1.6)
+    legend_width = max(220, int(font.size * 18))
+    canvas = Image.new("RGB", (picture.width + legend_width, max(picture.height,
+                       line * (len(entries) + 2))), "white")  # fmt: skip
+    canvas.paste(picture, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    x = picture.width + line // 2
+    draw.text((x, line // 2), "Damage (area %)", fill="black", font=font)
+    by_name = {c.name: c for c in CLASSES}
+    for row, (name, entry) in enumerate(entries, start=1):
+        y = line // 2 + row * line
+        if entry is not None:
+            draw.rectangle([x, y, x + font.size, y + font.size], fill=by_name[name].rgb,
+                           outline="black")  # fmt: skip
+            name = f"{name}  {entry['area_pct']:.2f}%  ({entry['regions']} regions)"
+        draw.text((x + int(font.size * 1.5), y), name, fill="black", font=font)
+    return canvas
+
+
+def _png(picture: Image.Image) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_damage_maps(images: Sequence[Path], model_uri: str, out: Path) -> list[dict]:
+    """Predict every image with the pyfunc model at `model_uri`; write the three files."""
+    import mlflow.pyfunc
+    import pandas as pd
+
+    from heritageseg.serving import decode_mask, encode_image
+
+    missing = [str(p) for p in images if not Path(p).is_file()]
+    if missing:
+        raise HeritagesegError(f"image(s) not found: {', '.join(missing)}")
+    stems = [Path(p).stem for p in images]
+    if len(set(stems)) != len(stems):
+        raise HeritagesegError("two inputs share a file stem; their outputs would collide")
+    try:
+        model = mlflow.pyfunc.load_model(model_uri)
+    except Exception as exc:
+        raise HeritagesegError(f"cannot load model {model_uri}: {exc}") from None
+    name, version = model_identity(model_uri)
+    reports = []
+    for path in tqdm(images, desc="damage maps", unit="img"):
+        path = Path(path)
+        try:
+            image = np.asarray(Image.open(path).convert("RGB"))
+        except OSError as exc:
+            raise HeritagesegError(f"{path}: not a readable image ({exc})") from None
+        result = model.predict(pd.DataFrame({"image": [encode_image(image)]}))
+        mask = decode_mask(result["mask"].iloc[0])
+        report = damage_report(mask, name, version, str(path))
+        atomic_write_bytes(out / f"{path.stem}.png", _png(Image.fromarray(mask, mode="L")))
+        atomic_write_bytes(out / f"{path.stem}_overlay.png", _png(overlay(image, mask, report)))
+        write_json(out / f"{path.stem}.json", report)
+        reports.append(report)
+    return reports
+
+
+def summary_line(report: dict) -> str:
+    top = sorted(((c["area_pct"], n) for n, c in report["classes"].items() if c["id"]),
+                 reverse=True)[:3]  # fmt: skip
+    worst = ", ".join(f"{n} {a:.1f}%" for a, n in top if a > 0) or "none"
+    return (f"{Path(report['image']).name}: {report['width']}x{report['height']}, damage "
+            f"{report['damage_area_pct']:.1f}% ({worst})")  # fmt: skip

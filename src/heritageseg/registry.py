@@ -1,0 +1,252 @@
+"""The model registry: log the pyfunc model, register it, promote behind a gate, roll back.
+
+Each architecture is registered as `heritageseg-<arch>`, with its test metrics, benchmark and
+run as version tags. Production is the alias `production` (and, while this MLflow still has
+stages, stage `Production`, the previous one archived). The order of production versions
+is kept in a registered-model tag, so a rollback knows which version came before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+import warnings
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from heritageseg.config import TrackingConfig
+from heritageseg.tracking import (
+    PRODUCTION,
+    TAG_ARCH,
+    TAG_BENCHMARK,
+    TrackingError,
+    connect,
+    find_parent,
+    metrics_prefix,
+    model_name,
+)
+
+GATE_METRIC = "test_miou"
+_HISTORY = "heritageseg.production_history"
+_REQUIREMENTS = ("torch", "segmentation-models-pytorch", "timm", "safetensors", "numpy",
+                 "pandas", "pillow", "pyarrow", "pyyaml", "tqdm", "mlflow")  # fmt: skip
+
+
+def _requirements() -> list[str]:
+    found = []
+    for name in _REQUIREMENTS:
+        try:
+            found.append(f"{name}=={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            found.append(name)
+    return found
+
+
+def _signature():
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("string", "image")]),
+        outputs=Schema([ColSpec("string", "mask"), ColSpec("long", "height"),
+                        ColSpec("long", "width")]),
+    )  # fmt: skip
+
+
+def log_model(run_id: str, arch: str, model_dir: Path, overlap: int, register: bool):
+    """Log the pyfunc model (weights, config, code) into the run; register it if asked.
+    Returns the registered ModelVersion, or None."""
+    import mlflow
+
+    from heritageseg.fileio import write_json
+    from heritageseg.serving import encode_image
+
+    package = Path(__file__).resolve().parent
+    example = pd.DataFrame({"image": [encode_image(np.full((40, 56, 3), 128, np.uint8))]})
+    with tempfile.TemporaryDirectory() as temp, mlflow.start_run(run_id=run_id):
+        serving = Path(temp) / "serving.json"
+        write_json(serving, {"overlap": overlap})
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(package / "pyfunc_model.py"),
+            artifacts={"weights": str(model_dir / "model.safetensors"),
+                       "config": str(model_dir / "config.json"), "serving": str(serving)},
+            code_paths=[str(package)],
+            signature=_signature(),
+            input_example=example,
+            pip_requirements=_requirements(),
+            registered_model_name=model_name(arch) if register else None,
+        )  # fmt: skip
+    if not register:
+        return None
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient().get_model_version(model_name(arch), str(info.registered_model_version))
+
+
+def tag_version(version, values: dict[str, str]) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    for key, value in values.items():
+        client.set_model_version_tag(version.name, version.version, key, value)
+
+
+def register_evaluation(
+    cfg: TrackingConfig, run_id: str, arch: str, model_dir: Path, documents: dict[str, dict],
+    benchmark: str, overlap: int,
+) -> str | None:  # fmt: skip
+    """Log + register the model with its metrics as version tags; the version number."""
+    version = log_model(run_id, arch, model_dir, overlap, cfg.register)
+    if version is None:
+        return None
+    tags = {TAG_ARCH: arch, TAG_BENCHMARK: benchmark, "run_id": run_id}
+    for name, document in documents.items():
+        prefix = metrics_prefix(name, document)
+        for key in ("miou", "miou_damage", "dice", "pixel_accuracy", "f1", "throughput_img_s"):
+            tags[f"{prefix}_{key}"] = f"{document[key]:.6f}"
+    tag_version(version, tags)
+    return str(version.version)
+
+
+# ---------------------------------------------------------------- promotion
+
+
+@dataclass(frozen=True)
+class Decision:
+    name: str
+    candidate: str
+    production: str | None  # the version in production before the decision
+    candidate_miou: float
+    production_miou: float | None
+    promoted: bool
+    forced: bool
+
+    @property
+    def verdict(self) -> str:
+        if not self.promoted:
+            return "refused"
+        return "forced" if self.forced else "promoted"
+
+
+def _gate_value(version) -> float:
+    if GATE_METRIC not in version.tags:
+        raise TrackingError(
+            f"{version.name} version {version.version} has no {GATE_METRIC} tag: "
+            "run `heritageseg evaluate` with tracking on before promoting"
+        )
+    return float(version.tags[GATE_METRIC])
+
+
+def _production(client, name: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, PRODUCTION)
+    except MlflowException:
+        return None
+
+
+def _history(client, name: str, current) -> list[str]:
+    tags = client.get_registered_model(name).tags
+    history = json.loads(tags.get(_HISTORY, "[]"))
+    if current is not None and (not history or history[-1] != str(current.version)):
+        history.append(str(current.version))  # an alias set by hand
+    return history
+
+
+def _set_production(client, name: str, version: str, history: list[str]) -> None:
+    client.set_registered_model_alias(name, PRODUCTION, version)
+    client.set_registered_model_tag(name, _HISTORY, json.dumps(history))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # stages: deprecated, still supported
+        try:
+            client.transition_model_version_stage(name, version, "Production", True)
+        except Exception as exc:  # a future MLflow without stages: the alias is enough
+            warnings.warn(f"stage Production not set ({exc}); alias {PRODUCTION} is", stacklevel=2)
+
+
+def promote(cfg: TrackingConfig, arch: str, *, force: bool = False,
+            version: str | None = None) -> Decision:  # fmt: skip
+    """Promote the newest registered version (or `version`) of `arch` to production if its
+    test mIoU is at least production's (or `force`); the decision is tagged on the version
+    and on its benchmark's parent run."""
+    from mlflow.tracking import MlflowClient
+
+    experiment_id = connect(cfg)
+    client = MlflowClient()
+    name = model_name(arch)
+    versions = client.search_model_versions(f"name = '{name}'")
+    if not versions:
+        raise TrackingError(
+            f"no version of {name} in {cfg.experiment}'s registry: run `dvc repro` (train and "
+            "evaluate with tracking on) first"
+        )
+    if version is None:
+        candidate = max(versions, key=lambda v: int(v.version))
+    else:
+        candidate = client.get_model_version(name, version)
+    current = _production(client, name)
+    candidate_miou = _gate_value(candidate)
+    production_miou = _gate_value(current) if current is not None else None
+    passes = production_miou is None or candidate_miou >= production_miou
+    decision = Decision(
+        name,
+        str(candidate.version),
+        str(current.version) if current else None,
+        candidate_miou,
+        production_miou,
+        promoted=passes or force,
+        forced=force and not passes,
+    )
+    if decision.promoted and decision.production != decision.candidate:
+        history = _history(client, name, current)
+        _set_production(client, name, decision.candidate, [*history, decision.candidate])
+    _record(client, experiment_id, candidate, decision)
+    return decision
+
+
+def _record(client, experiment_id: str, candidate, decision: Decision) -> None:
+    tags = {
+        "promotion.decision": decision.verdict,
+        "promotion.candidate_test_miou": f"{decision.candidate_miou:.6f}",
+        "promotion.production_test_miou": "none"
+        if decision.production_miou is None
+        else f"{decision.production_miou:.6f}",
+        "promotion.production_version": decision.production or "none",
+    }
+    tag_version(candidate, tags)
+    parent = find_parent(experiment_id, candidate.tags.get(TAG_BENCHMARK, ""))
+    if parent is not None:
+        arch = candidate.tags.get(TAG_ARCH, decision.name)
+        for key, value in {**tags, "promotion.candidate_version": decision.candidate}.items():
+            client.set_tag(parent, f"{arch}.{key}", value)
+
+
+def rollback(cfg: TrackingConfig, arch: str) -> tuple[str, str]:
+    """Give production back to the version before the current one: (from, to)."""
+    from mlflow.tracking import MlflowClient
+
+    connect(cfg)
+    client = MlflowClient()
+    name = model_name(arch)
+    current = _production(client, name)
+    if current is None:
+        raise TrackingError(f"{name} has no {PRODUCTION} version: nothing to roll back")
+    history = _history(client, name, current)
+    if len(history) < 2:
+        raise TrackingError(f"{name} v{current.version} is the first production version: "
+                            "there is none to roll back to")  # fmt: skip
+    previous = history[-2]
+    _set_production(client, name, previous, history[:-1])
+    client.set_model_version_tag(name, current.version, "promotion.rolled_back", "true")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        with contextlib.suppress(Exception):
+            client.transition_model_version_stage(name, current.version, "Archived")
+    return str(current.version), previous

@@ -1,0 +1,99 @@
+"""The MLflow pyfunc model: images of any size in, label masks out.
+
+Format (the same in Python and over REST, `/invocations`): the input is a DataFrame with a
+column `image` of base64-encoded PNG or JPEG files; the output is a DataFrame with `mask`
+(base64 PNG, mode L, the input's size, values = class ids 0..15), `height` and `width`.
+The model carries its weights (`model.safetensors`), its `config.json` (architecture,
+normalisation, tile) and the heritageseg code, and does its own normalisation and
+sliding-window prediction, so it loads and predicts offline in a fresh process. It is saved
+as "models from code" (this file's `set_model`), so loading it unpickles nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from pathlib import Path
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from heritageseg.config import ModelConfig
+from heritageseg.infer import model_predictor, sliding_window_predict
+from heritageseg.models import build_model
+
+IMAGE_COLUMN = "image"
+OUTPUT_COLUMNS = ("mask", "height", "width")
+
+
+def encode_image(image: np.ndarray | Image.Image, fmt: str = "PNG") -> str:
+    """An RGB array / PIL image -> base64 text of its PNG (or JPEG) file."""
+    picture = image if isinstance(image, Image.Image) else Image.fromarray(image)
+    buffer = io.BytesIO()
+    picture.save(buffer, format=fmt)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def decode_image(text: str) -> np.ndarray:
+    """base64 PNG/JPEG -> (H, W, 3) uint8 RGB."""
+    try:
+        return np.array(Image.open(io.BytesIO(base64.b64decode(text))).convert("RGB"))
+    except Exception as exc:
+        raise ValueError(f"column {IMAGE_COLUMN!r}: not a base64 PNG/JPEG image ({exc})") from None
+
+
+def decode_mask(text: str) -> np.ndarray:
+    """base64 PNG (mode L) -> (H, W) uint8 class ids."""
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(text))))
+
+
+def _encode_mask(mask: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(mask, mode="L").save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+class Segmenter:
+    """The network rebuilt from a model folder (config.json + model.safetensors)."""
+
+    def __init__(self, weights: Path, config: Path, overlap: int | None = None):
+        self.config = json.loads(Path(config).read_text())
+        # the weights come from the file: never fetch pretrained ones
+        model_cfg = ModelConfig(**{**self.config["model"], "encoder_weights": None})
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        model = build_model(model_cfg)
+        model.load_state_dict(load_file(str(weights)))
+        self.model = model.to(self.device).eval()
+        self.tile = model_cfg.image_size
+        self.overlap = self.tile // 8 if overlap is None else overlap
+
+    def labels(self, image: np.ndarray) -> np.ndarray:
+        norm = self.config["normalization"]
+        return sliding_window_predict(
+            model_predictor(self.model), image, tile=self.tile, overlap=self.overlap,
+            num_classes=len(self.config["classes"]), mean=norm["mean"], std=norm["std"],
+        )  # fmt: skip
+
+
+class SegmentationModel(mlflow.pyfunc.PythonModel):
+    """pyfunc wrapper of `Segmenter` (artifacts `weights`, `config`, `serving`)."""
+
+    def load_context(self, context) -> None:
+        serving = json.loads(Path(context.artifacts["serving"]).read_text())
+        self.segmenter = Segmenter(
+            context.artifacts["weights"], context.artifacts["config"], serving["overlap"]
+        )
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        if IMAGE_COLUMN not in model_input:
+            raise ValueError(f"input needs a column {IMAGE_COLUMN!r} of base64 images")
+        rows = []
+        for text in model_input[IMAGE_COLUMN]:
+            mask = self.segmenter.labels(decode_image(text))
+            rows.append((_encode_mask(mask), mask.shape[0], mask.shape[1]))
+        return pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS))

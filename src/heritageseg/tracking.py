@@ -1,0 +1,470 @@
+"""MLflow: every run tracked, one parent run per benchmark, the registry and promotion.
+
+The only module that talks to MLflow. The stages run as separate processes (DVC, Slurm), so
+runs are tied together by tags, not by an open run: a benchmark id tags one parent run
+(found or created by tag search); `train` creates one child run per architecture and writes
+its id to `models/ARCH/mlflow.json` (inside the train stage's output), so `evaluate` logs
+into the same child run; `promote` and the report log to the parent.
+
+Store: `MLFLOW_TRACKING_URI` > params `tracking.uri` > `sqlite:///mlruns/mlflow.db`, artifacts
+of a sqlite store in `artifacts/` beside the database. An unreachable server fails before
+training starts; a server that goes away during training costs warnings, never the run:
+epoch metrics are kept and sent again when the run ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from heritageseg.config import Params, TrackingConfig
+from heritageseg.errors import HeritagesegError
+from heritageseg.fileio import write_json
+
+DEFAULT_URI = "sqlite:///mlruns/mlflow.db"
+RUN_FILE = "mlflow.json"
+BENCHMARK_ENV = "HERITAGESEG_BENCHMARK"
+TAG_BENCHMARK = "heritageseg.benchmark"
+TAG_ROLE = "heritageseg.role"
+TAG_ARCH = "heritageseg.arch"
+PRODUCTION = "production"
+_HISTORY_TAG = "heritageseg.production_history"  # registered-model tag: JSON list of versions
+
+
+class TrackingError(HeritagesegError):
+    """The tracking store cannot be reached or used."""
+
+
+def model_name(arch: str) -> str:
+    return f"heritageseg-{arch}"
+
+
+# ---------------------------------------------------------------- store
+
+
+def tracking_uri(cfg: TrackingConfig) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or cfg.uri or DEFAULT_URI
+
+
+def connect(cfg: TrackingConfig) -> str:
+    """Point MLflow at the store, check it answers, and return the experiment id.
+
+    Short HTTP timeouts and few retries (unless set in the environment), so that a dead
+    server is reported in seconds, before any training, instead of after minutes of retries.
+    """
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    import mlflow
+
+    uri = tracking_uri(cfg)
+    _check_reachable(uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return _experiment_id(uri, cfg.experiment)
+
+
+def _check_reachable(uri: str) -> None:
+    if uri.startswith(("http://", "https://")):
+        import requests
+
+        try:
+            requests.get(uri.rstrip("/") + "/health", timeout=5).raise_for_status()
+        except requests.RequestException as exc:
+            raise TrackingError(
+                f"MLflow tracking server {uri} is unreachable ({type(exc).__name__}): start it "
+                "(`mlflow server --host 127.0.0.1 --port 5000`), point MLFLOW_TRACKING_URI or "
+                "params tracking.uri at a live one, or set tracking.enabled: false in params.yaml"
+            ) from None
+    elif uri.startswith("sqlite:///"):
+        _sqlite_path(uri).parent.mkdir(parents=True, exist_ok=True)
+
+
+def _sqlite_path(uri: str) -> Path:
+    return Path(uri.removeprefix("sqlite:///"))
+
+
+def _experiment_id(uri: str, name: str) -> str:
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    try:
+        experiment = client.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
+        location = None
+        if uri.startswith("sqlite:///"):
+            location = (_sqlite_path(uri).resolve().parent / "artifacts").as_uri()
+        try:
+            return client.create_experiment(name, artifact_location=location)
+        except MlflowException:  # created meanwhile by another process
+            return client.get_experiment_by_name(name).experiment_id
+    except MlflowException as exc:
+        raise TrackingError(f"MLflow store {uri}: {exc.message}") from None
+
+
+# ---------------------------------------------------------------- tags
+
+
+def _git(*args: str) -> str:
+    try:
+        done = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
+def git_state() -> tuple[str, bool]:
+    """(commit, dirty): dirty when tracked files differ from the commit."""
+    commit = _git("rev-parse", "HEAD") or "unknown"
+    return commit, bool(_git("status", "--porcelain", "--untracked-files=no"))
+
+
+def file_checksum(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"
+
+
+def benchmark_id(params_file: Path, manifest: Path) -> str:
+    """`HERITAGESEG_BENCHMARK`, else a hash of the code commit, params file and data manifest:
+    a change to any of them starts a new benchmark (a new parent run)."""
+    if os.environ.get(BENCHMARK_ENV):
+        return os.environ[BENCHMARK_ENV]
+    digest = hashlib.sha256()
+    for part in (git_state()[0], file_checksum(params_file), file_checksum(manifest)):
+        digest.update(part.encode())
+    return digest.hexdigest()[:12]
+
+
+def executor() -> str:
+    if os.environ.get("HERITAGESEG_EXECUTOR"):
+        return os.environ["HERITAGESEG_EXECUTOR"]
+    if os.environ.get("SLURM_JOB_ID"):
+        return "slurm"
+    return "torchrun" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "local"
+
+
+def run_tags(stage: str, manifest: Path | None) -> dict[str, str]:
+    commit, dirty = git_state()
+    tags = {
+        "git.commit": commit,
+        "git.dirty": str(dirty).lower(),
+        "mlflow.source.git.commit": commit,
+        "stage": stage,
+        "host": socket.gethostname(),
+        "executor": executor(),
+    }
+    for name in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURMD_NODENAME"):
+        if os.environ.get(name):
+            tags[f"slurm.{name.lower().removeprefix('slurm_')}"] = os.environ[name]
+    if manifest is not None:
+        tags["data.manifest_sha256"] = file_checksum(manifest)
+    return tags
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, str]:
+    """Nested mappings -> {"a.b.c": "value"} (MLflow params are flat strings)."""
+    if dataclasses.is_dataclass(data):
+        data = dataclasses.asdict(data)
+    if not isinstance(data, dict):
+        return {prefix: json.dumps(data) if isinstance(data, list | tuple) else str(data)}
+    flat: dict[str, str] = {}
+    for key, value in data.items():
+        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+# ---------------------------------------------------------------- runs
+
+
+def find_parent(experiment_id: str, benchmark: str) -> str | None:
+    """The benchmark's parent run id (the oldest, should two processes race), or None."""
+    from mlflow.tracking import MlflowClient
+
+    found = MlflowClient().search_runs(
+        [experiment_id],
+        f"tags.`{TAG_BENCHMARK}` = '{benchmark}' and tags.`{TAG_ROLE}` = 'benchmark'",
+        order_by=["attributes.start_time ASC"],
+        max_results=1,
+    )
+    return found[0].info.run_id if found else None
+
+
+def parent_run(experiment_id: str, benchmark: str) -> str:
+    """The benchmark's parent run id, created (and marked finished) on first use."""
+    from mlflow.tracking import MlflowClient
+
+    found = find_parent(experiment_id, benchmark)
+    if found is not None:
+        return found
+    client = MlflowClient()
+    run = client.create_run(
+        experiment_id,
+        run_name=f"benchmark-{benchmark}",
+        tags={TAG_BENCHMARK: benchmark, TAG_ROLE: "benchmark", **run_tags("benchmark", None)},
+    )
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
+@dataclass
+class RunTracker:
+    """One child run of the benchmark; metrics that fail to send are kept for later."""
+
+    run_id: str
+    pending: list[tuple[str, float, int]] = field(default_factory=list)
+
+    def on_epoch(self, row: dict) -> None:
+        step = int(row["epoch"])
+        self.pending += [(k, float(v), step) for k, v in row.items() if k != "epoch"]
+        self.flush()
+
+    def flush(self) -> bool:
+        """Send pending metrics; on failure warn and keep them (training goes on)."""
+        from mlflow.tracking import MlflowClient
+
+        if not self.pending:
+            return True
+        metrics = _metrics(self.pending)
+        try:
+            for start in range(0, len(metrics), 1000):
+                MlflowClient().log_batch(self.run_id, metrics=metrics[start : start + 1000])
+        except Exception as exc:  # the network or the store: never fatal to training
+            warnings.warn(f"MLflow logging failed, kept for retry: {exc}", stacklevel=2)
+            return False
+        self.pending.clear()
+        return True
+
+
+def start_training(
+    params: Params, params_file: Path, arch: str, out: Path, raw: Path
+) -> RunTracker:
+    """Connect (fail fast), find the benchmark's parent run, create this arch's child run
+    with params and tags, and write its id to OUT/mlflow.json for `evaluate`."""
+    from mlflow.tracking import MlflowClient
+
+    experiment_id = connect(params.tracking)
+    manifest = raw / "manifest.json"
+    benchmark = benchmark_id(params_file, manifest)
+    parent = parent_run(experiment_id, benchmark)
+    client = MlflowClient()
+    run = client.create_run(
+        experiment_id,
+        run_name=arch,
+        tags={
+            **run_tags("train", manifest),
+            "mlflow.parentRunId": parent,
+            TAG_BENCHMARK: benchmark,
+            TAG_ARCH: arch,
+            TAG_ROLE: "arch",
+        },
+    )
+    run_id = run.info.run_id
+    log_params(run_id, _stage_params(params, arch))
+    write_json(
+        out / RUN_FILE,
+        {"run_id": run_id, "parent_run_id": parent, "experiment_id": experiment_id,
+         "benchmark": benchmark, "tracking_uri": tracking_uri(params.tracking)},
+    )  # fmt: skip
+    return RunTracker(run_id)
+
+
+@contextlib.contextmanager
+def training_run(
+    params: Params, params_file: Path, arch: str, out: Path, raw: Path
+) -> Iterator[RunTracker]:
+    """start_training, then the block (the run marked FAILED if it raises), then
+    finish_training with OUT/train_metrics.json."""
+    tracker = start_training(params, params_file, arch, out, raw)
+    with failing_run(tracker.run_id):
+        yield tracker
+    finish_training(tracker, out, json.loads((out / "train_metrics.json").read_text()))
+
+
+def _stage_params(params: Params, arch: str) -> dict[str, str]:
+    """The train stage's params section, flattened: shared train keys, this arch's model
+    and the augmentations."""
+    train = {k: v for k, v in dataclasses.asdict(params.train).items() if k not in
+             ("convnext", "segformer", "maxvit")}  # fmt: skip
+    return {
+        **flatten(train, "train"),
+        **flatten(params.train.model(arch), "model"),
+        **flatten(params.augment, "augment"),
+        "arch": arch,
+        "lr": str(params.train.lr_for(arch)),
+    }
+
+
+def log_params(run_id: str, values: dict[str, str]) -> None:
+    from mlflow.entities import Param
+    from mlflow.tracking import MlflowClient
+
+    items = [Param(k, v[:6000]) for k, v in sorted(values.items())]
+    for start in range(0, len(items), 100):
+        MlflowClient().log_batch(run_id, params=items[start : start + 100])
+
+
+def finish_training(tracker: RunTracker, model_dir: Path, summary: dict) -> bool:
+    """Final train metrics, the resolved config as params, history and config as files.
+    A store that fails now costs a warning, not the finished training: False."""
+    try:
+        _finish_training(tracker, model_dir, summary)
+    except Exception as exc:  # the network or the store: the weights are safe on disk
+        warnings.warn(
+            f"training finished (weights in {model_dir}) but MLflow run {tracker.run_id} could "
+            f"not be completed: {exc}",
+            stacklevel=2,
+        )
+        return False
+    return True
+
+
+def _finish_training(tracker: RunTracker, model_dir: Path, summary: dict) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    if not tracker.flush():
+        raise TrackingError(f"{len(tracker.pending)} epoch metrics left unsent")
+    config = json.loads((model_dir / "config.json").read_text())
+    resolved = {k: v for k, v in flatten(config, "config").items() if not k.startswith(
+        ("config.train.", "config.augment.", "config.model."))}  # fmt: skip
+    log_params(tracker.run_id, resolved)
+    numbers = {k: float(v) for k, v in summary.items() if isinstance(v, int | float)}
+    client.log_batch(tracker.run_id, metrics=_metrics(numbers))
+    for name in ("history.csv", "config.json", "train_metrics.json"):
+        if (model_dir / name).is_file():
+            client.log_artifact(tracker.run_id, str(model_dir / name), "train")
+    client.set_terminated(tracker.run_id)
+
+
+def _metrics(values: dict[str, float] | list[tuple[str, float, int]]) -> list:
+    """MLflow Metric entities from {name: value} (step 0) or [(name, value, step)]."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    items = [(k, v, 0) for k, v in values.items()] if isinstance(values, dict) else values
+    return [Metric(k, v, now, step) for k, v, step in items]
+
+
+@contextlib.contextmanager
+def failing_run(run_id: str | None) -> Iterator[None]:
+    """Mark the run FAILED when the block raises (the error itself propagates)."""
+    try:
+        yield
+    except BaseException:
+        if run_id is not None:
+            with contextlib.suppress(Exception):
+                from mlflow.tracking import MlflowClient
+
+                MlflowClient().set_terminated(run_id, "FAILED")
+        raise
+
+
+def read_run_file(model_dir: Path) -> dict | None:
+    path = model_dir / RUN_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def log_evaluation(
+    params: Params, arch: str, model_dir: Path, metrics_dir: Path, documents: dict[str, dict],
+    raw: Path, params_file: Path,
+) -> tuple[str, str]:  # fmt: skip
+    """Into the arch's child run (from mlflow.json; a new child run if train was not
+    tracked): final metrics, the per-class table, the confusion matrix (JSON + PNG), every
+    file in METRICS/ARCH (pictures included). Returns (run id, benchmark id)."""
+    from mlflow.tracking import MlflowClient
+
+    experiment_id = connect(params.tracking)
+    saved = read_run_file(model_dir)
+    client = MlflowClient()
+    if saved is None:
+        manifest = raw / "manifest.json"
+        benchmark = benchmark_id(params_file, manifest)
+        parent = parent_run(experiment_id, benchmark)
+        run_id = client.create_run(experiment_id, run_name=arch, tags={
+            **run_tags("evaluate", manifest), "mlflow.parentRunId": parent,
+            TAG_BENCHMARK: benchmark, TAG_ARCH: arch, TAG_ROLE: "arch"}).info.run_id  # fmt: skip
+    else:
+        run_id, benchmark = saved["run_id"], saved["benchmark"]
+    client.set_tag(run_id, "evaluated", "true")
+    log_params(run_id, flatten(params.evaluate, "evaluate"))
+    for name, document in documents.items():
+        prefix = metrics_prefix(name, document)
+        _log_metrics_document(client, run_id, document, prefix)
+    for path in sorted(metrics_dir.rglob("*")):
+        if path.is_file():
+            relative = path.parent.relative_to(metrics_dir)
+            client.log_artifact(run_id, str(path), str(Path("evaluate") / relative))
+    return run_id, benchmark
+
+
+def log_report(cfg: TrackingConfig, folder: Path, models: Path) -> list[str]:
+    """Log a report folder (`heritageseg report`'s reports/) into the parent run of each
+    benchmark the trained models belong to (models/*/mlflow.json); the parent run ids."""
+    from mlflow.tracking import MlflowClient
+
+    connect(cfg)
+    parents = sorted({saved["parent_run_id"] for saved in map(read_run_file, models.iterdir())
+                      if saved is not None})  # fmt: skip
+    for parent in parents:
+        MlflowClient().log_artifacts(parent, str(folder), "report")
+    return parents
+
+
+def metrics_prefix(file_name: str, document: dict) -> str:
+    """test / test_native (val / val_native): the metric names' prefix for a document."""
+    split = document.get("split", "test")
+    return split if file_name == "metrics.json" else f"{split}_native"
+
+
+def _log_metrics_document(client, run_id: str, document: dict, prefix: str) -> None:
+    scalars = {f"{prefix}_{k}": float(v) for k, v in document.items()
+               if isinstance(v, int | float) and not isinstance(v, bool)}  # fmt: skip
+    low, high = document["miou_ci95"]
+    scalars.update({f"{prefix}_miou_ci95_low": low, f"{prefix}_miou_ci95_high": high})
+    client.log_batch(run_id, metrics=_metrics(scalars))
+    table = {"class": list(document["per_class"])}
+    for key in ("iou", "dice", "precision", "recall", "f1", "support", "present"):
+        table[key] = [entry[key] for entry in document["per_class"].values()]
+    client.log_table(run_id, table, f"evaluate/{prefix}_per_class.json")
+    client.log_dict(run_id, {"classes": table["class"], "rows": "ground truth",
+                             "columns": "prediction", "matrix": document["confusion_matrix"]},
+                    f"evaluate/{prefix}_confusion_matrix.json")  # fmt: skip
+    client.log_figure(run_id, confusion_figure(document), f"evaluate/{prefix}_confusion_matrix.png")
+
+
+def confusion_figure(document: dict):
+    """Row-normalised confusion matrix (recall per true class) as a matplotlib figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    matrix = np.asarray(document["confusion_matrix"], dtype=float)
+    rows = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    names = list(document["per_class"])
+    figure, axes = plt.subplots(figsize=(9, 8), dpi=100)
+    image = axes.imshow(rows, cmap="viridis", vmin=0, vmax=1)
+    axes.set_xticks(range(len(names)), names, rotation=90)
+    axes.set_yticks(range(len(names)), names)
+    axes.set_xlabel("prediction")
+    axes.set_ylabel("ground truth")
+    axes.set_title(f"{document['arch']} {document['split']}: mIoU {100 * document['miou']:.1f}%")
+    figure.colorbar(image, ax=axes, label="share of the true class's pixels")
+    figure.tight_layout()
+    plt.close(figure)
+    return figure

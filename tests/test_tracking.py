@@ -1,0 +1,410 @@
+"""MLflow for real: a tiny tracked run in a sqlite store, the registry's promotion gate,
+the production model in a fresh process and over REST, concurrent logging to sqlite and to
+a live `mlflow server`, an unreachable server, and the UI in headless Chromium."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import requests
+import yaml
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from heritageseg import cli, registry, tracking
+from heritageseg.config import TrackingConfig
+from heritageseg.damage_maps import damage_report
+from tests.browser import chromium, ink, screenshot
+from tests.test_train import tiny  # noqa: F401 - the module-scoped tiny project fixture
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+ARTIFACTS = ROOT / "test-artifacts"
+BENCHMARK = "test-benchmark"
+NAME = "heritageseg-segformer"
+CFG = TrackingConfig()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A fresh sqlite store for this module, named by MLFLOW_TRACKING_URI."""
+    folder = tmp_path_factory.mktemp("store")
+    uri = f"sqlite:///{folder}/mlruns/mlflow.db"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        patch.setenv(tracking.BENCHMARK_ENV, BENCHMARK)
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        yield uri
+
+
+@pytest.fixture(scope="module")
+def tracked(tiny, store, tmp_path_factory):  # noqa: F811
+    """`heritageseg train` + `evaluate` of segformer with tracking on, as the CLI runs them."""
+    out = tmp_path_factory.mktemp("tracked")
+    params = yaml.safe_load((tiny / "params.yaml").read_text())
+    params["train"]["epochs"] = 2
+    params["evaluate"]["bootstrap"] = 100
+    (out / "params.yaml").write_text(yaml.safe_dump(params))
+    common = ["--params", str(out / "params.yaml")]
+    data = tiny / "data"
+    assert cli.main([*common, "train", "--arch", "segformer", "--cache", str(data / "cache"),
+                     "--weights", str(data / "class_weights.json"), "--raw", str(data / "raw"),
+                     "--out", str(out / "models")]) == 0  # fmt: skip
+    assert cli.main([*common, "evaluate", "--arch", "segformer", "--cache", str(data / "cache"),
+                     "--raw", str(data / "raw"), "--splits", str(data / "splits"), "--models",
+                     str(out / "models"), "--out", str(out / "metrics")]) == 0  # fmt: skip
+    saved = json.loads((out / "models" / "segformer" / tracking.RUN_FILE).read_text())
+    return {"out": out, "data": data, "params": out / "params.yaml", **saved}
+
+
+def test_a_tiny_run_records_params_metrics_table_confusion_and_model(tracked):
+    client = MlflowClient()
+    run = client.get_run(tracked["run_id"])
+    assert run.info.status == "FINISHED" and run.info.run_name == "segformer"
+    params = run.data.params
+    assert params["train.epochs"] == "2" and params["model.encoder"] == "mit_b0"
+    assert params["model.image_size"] == "64" and params["evaluate.bootstrap"] == "100"
+    assert "config.normalization.mean" in params and "config.cache.side" in params
+    tags = run.data.tags
+    for key in ("git.commit", "git.dirty", "data.manifest_sha256", "host", "executor"):
+        assert tags[key], key
+    assert tags["stage"] == "train" and tags[tracking.TAG_BENCHMARK] == BENCHMARK
+    parent = client.get_run(tags["mlflow.parentRunId"])
+    assert parent.data.tags[tracking.TAG_ROLE] == "benchmark"
+    assert parent.info.run_id == tracked["parent_run_id"]
+
+    history = client.get_metric_history(tracked["run_id"], "val_miou")
+    assert sorted(m.step for m in history) == [1, 2]
+    metrics = json.loads((tracked["out"] / "metrics" / "segformer" / "metrics.json").read_text())
+    assert run.data.metrics["test_miou"] == pytest.approx(metrics["miou"])
+    assert "test_native_miou" in run.data.metrics and "best_val_miou" in run.data.metrics
+
+    table = client.load_table(
+        run.info.experiment_id, "evaluate/test_per_class.json", run_ids=[tracked["run_id"]]
+    )
+    assert len(table) == 16 and list(table["class"])[9] == "Cracks"
+    assert table["iou"].iloc[0] == pytest.approx(metrics["per_class"]["Clean"]["iou"])
+    folder = Path(client.download_artifacts(tracked["run_id"], "evaluate"))
+    matrix = json.loads((folder / "test_confusion_matrix.json").read_text())["matrix"]
+    assert matrix == metrics["confusion_matrix"]
+    assert Image.open(folder / "test_confusion_matrix.png").size[0] > 400
+    assert (folder / "metrics.json").is_file()  # every file of metrics/ARCH comes along
+    train = Path(client.download_artifacts(tracked["run_id"], "train"))
+    assert (train / "history.csv").read_text().count("\n") == 3
+
+    (version,) = client.search_model_versions(f"name = '{NAME}'")
+    assert version.run_id == tracked["run_id"]
+    assert float(version.tags["test_miou"]) == pytest.approx(metrics["miou"], abs=1e-6)
+    model = mlflow.models.get_model_info(f"models:/{NAME}/{version.version}")
+    assert model.signature.inputs.input_names() == ["image"]
+    files = Path(mlflow.artifacts.download_artifacts(f"models:/{NAME}/{version.version}"))
+    assert (files / "artifacts" / "model.safetensors").is_file()
+
+
+def test_the_report_is_logged_to_the_benchmarks_parent_run(tracked, tmp_path):
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "benchmark.md").write_text("# benchmark\n")
+    parents = tracking.log_report(CFG, tmp_path / "reports", tracked["out"] / "models")
+    assert parents == [tracked["parent_run_id"]]
+    files = MlflowClient().list_artifacts(tracked["parent_run_id"], "report")
+    assert [f.path for f in files] == ["report/benchmark.md"]
+
+
+def _version_with_miou(source_version, miou: float):
+    """A new registered version of the same logged model, tagged with another test mIoU:
+    the gate reads only the tag, so this stands for a retrained model of that quality."""
+    client = MlflowClient()
+    version = mlflow.register_model(f"models:/{NAME}/{source_version}", NAME)
+    tags = {**client.get_model_version(NAME, source_version).tags, "test_miou": str(miou)}
+    for key, value in tags.items():
+        if not key.startswith("promotion."):
+            client.set_model_version_tag(NAME, version.version, key, value)
+    return str(version.version)
+
+
+def _production() -> str:
+    return str(MlflowClient().get_model_version_by_alias(NAME, "production").version)
+
+
+def test_promotion_gate_refuses_worse_promotes_better_and_rollback_restores(tracked, capsys):
+    client = MlflowClient()
+    first = client.get_model_version(NAME, "1")
+    base = float(first.tags["test_miou"])
+    params = ["--params", str(tracked["params"])]
+    assert cli.main([*params, "promote", "--arch", "segformer"]) == 0
+    assert _production() == "1"
+    worse = _version_with_miou("1", base - 0.05)
+    assert cli.main([*params, "promote", "--arch", "segformer"]) == 0
+    assert "refused" in capsys.readouterr().out
+    assert _production() == "1"
+    refused = client.get_model_version(NAME, worse)
+    assert refused.tags["promotion.decision"] == "refused"
+    assert float(refused.tags["promotion.production_test_miou"]) == pytest.approx(base)
+    assert float(refused.tags["promotion.candidate_test_miou"]) == pytest.approx(base - 0.05)
+
+    better = _version_with_miou("1", base + 0.05)
+    decision = registry.promote(CFG, "segformer")
+    assert decision.verdict == "promoted" and _production() == better
+    with warnings.catch_warnings():  # stages: deprecated, still supported
+        warnings.simplefilter("ignore", FutureWarning)
+        assert client.get_model_version(NAME, better).current_stage == "Production"
+        assert client.get_model_version(NAME, "1").current_stage == "Archived"
+    parent = client.get_run(tracked["parent_run_id"]).data.tags
+    assert parent["segformer.promotion.decision"] == "promoted"
+    assert parent["segformer.promotion.candidate_version"] == better
+
+    assert cli.main([*params, "promote", "--arch", "segformer", "--rollback"]) == 0
+    assert _production() == "1"
+    assert client.get_model_version(NAME, better).tags["promotion.rolled_back"] == "true"
+    forced = registry.promote(CFG, "segformer", version=worse, force=True)
+    assert forced.verdict == "forced" and _production() == worse
+    registry.rollback(CFG, "segformer")
+    assert _production() == "1"
+    with pytest.raises(tracking.TrackingError, match="none to roll back to"):
+        registry.rollback(CFG, "segformer")
+
+
+def _image(path: Path, height: int, width: int) -> Path:
+    rng = np.random.default_rng(height)
+    Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def _env(store: str) -> dict:
+    """A fresh process's environment: the store, offline, the venv's tools (uvicorn) first."""
+    path = f"{BIN}{os.pathsep}{os.environ['PATH']}"
+    return {**os.environ, "MLFLOW_TRACKING_URI": store, "HF_HUB_OFFLINE": "1",
+            "PYTHONPATH": str(ROOT / "src"), "PATH": path}  # fmt: skip
+
+
+def _set_production(version: str = "1") -> None:
+    MlflowClient().set_registered_model_alias(NAME, "production", version)
+
+
+@pytest.mark.slow
+def test_production_model_predicts_damage_maps_in_a_fresh_process(tracked, store, tmp_path):
+    _set_production()
+    images = [_image(tmp_path / "wide.png", 70, 130), _image(tmp_path / "small.jpg", 33, 41)]
+    done = subprocess.run(
+        [str(BIN / "heritageseg"), "predict", *map(str, images), "--model",
+         f"models:/{NAME}@production", "--out", str(tmp_path / "maps")],
+        env=_env(store), capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    for image, (height, width) in zip(images, [(70, 130), (33, 41)], strict=True):
+        mask = Image.open(tmp_path / "maps" / f"{image.stem}.png")
+        assert mask.mode == "L" and mask.size == (width, height)
+        assert np.asarray(mask).max() < 16
+        overlay = Image.open(tmp_path / "maps" / f"{image.stem}_overlay.png")
+        assert overlay.width > width  # the legend sits to the right
+        report = json.loads((tmp_path / "maps" / f"{image.stem}.json").read_text())
+        assert report["model"] == {"name": NAME, "version": "1"}
+        assert (report["width"], report["height"]) == (width, height)
+        assert sum(c["area_pct"] for c in report["classes"].values()) == pytest.approx(100)
+        assert report == damage_report(np.asarray(mask), NAME, "1", str(image))
+    assert "damage maps" in done.stderr  # the progress bar
+
+
+def test_damage_report_counts_area_and_connected_regions():
+    mask = np.zeros((10, 20), dtype=np.uint8)
+    mask[1:3, 1:3] = 9  # two separate blocks of Cracks ...
+    mask[6:9, 10:14] = 9
+    mask[5, 5] = 3  # ... one Dust pixel
+    mask[:, 19] = 255  # Background counts in no class
+    report = damage_report(mask, NAME, "7", "x.png")
+    assert report["classes"]["Cracks"] == {"id": 9, "pixels": 16, "area_pct": 8.0, "regions": 2}
+    assert report["classes"]["Dust"]["regions"] == 1
+    assert report["damage_area_pct"] == pytest.approx(8.5)
+    assert (report["width"], report["height"]) == (20, 10)
+
+
+def _wait_http(url: str, process: subprocess.Popen, timeout: float, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, (
+            f"server exited with {process.returncode}:\n{log.read_text()[-3000:]}"
+        )
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"{url} did not answer in {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """Stop a server started in its own session: its process group is its pid."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@pytest.mark.slow
+def test_served_production_model_answers_a_rest_prediction(tracked, store, tmp_path):
+    _set_production()
+    port = _free_port()
+    command = [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{NAME}@production",
+               "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    with open(tmp_path / "serve.log", "w") as log:
+        server = subprocess.Popen(
+            command, env=_env(store), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/ping", server, 180, tmp_path / "serve.log")
+        buffer = io.BytesIO()
+        Image.open(_image(tmp_path / "x.png", 50, 90)).save(buffer, format="PNG")
+        encoded = base64.b64encode(buffer.getvalue()).decode()
+        body = {"dataframe_split": {"columns": ["image"], "data": [[encoded]]}}
+        answer = requests.post(f"http://127.0.0.1:{port}/invocations", json=body, timeout=120)
+        assert answer.status_code == 200, answer.text[-2000:]
+        (prediction,) = answer.json()["predictions"]
+        assert (prediction["height"], prediction["width"]) == (50, 90)
+        mask = Image.open(io.BytesIO(base64.b64decode(prediction["mask"])))
+        assert mask.mode == "L" and mask.size == (90, 50)
+    finally:
+        _stop(server)
+
+
+def test_unreachable_tracking_server_fails_before_the_first_epoch(tracked, tmp_path, capsys):
+    uri = f"http://127.0.0.1:{_free_port()}"
+    data = tracked["data"]
+    start = time.monotonic()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        status = cli.main(["--params", str(tracked["params"]), "train", "--arch", "segformer",
+                           "--cache", str(data / "cache"), "--weights",
+                           str(data / "class_weights.json"), "--out", str(tmp_path)])  # fmt: skip
+    assert status == 2
+    error = capsys.readouterr().err
+    assert uri in error and "unreachable" in error and "tracking.enabled: false" in error
+    assert not (tmp_path / "segformer").exists()  # not one epoch ran
+    assert time.monotonic() - start < 15
+
+
+def test_epoch_metrics_survive_a_server_that_goes_away_mid_training(store, monkeypatch):
+    experiment = tracking.connect(TrackingConfig(experiment="outage"))
+    tracker = tracking.RunTracker(MlflowClient().create_run(experiment).info.run_id)
+    tracker.on_epoch({"epoch": 1, "val_miou": 0.1})
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    mlflow.set_tracking_uri(f"http://127.0.0.1:{_free_port()}")  # the server is gone
+    with pytest.warns(UserWarning, match="kept for retry"):
+        tracker.on_epoch({"epoch": 2, "val_miou": 0.2})
+    assert len(tracker.pending) == 1
+    mlflow.set_tracking_uri(store)  # back again
+    tracker.on_epoch({"epoch": 3, "val_miou": 0.3})
+    assert not tracker.pending
+    history = MlflowClient().get_metric_history(tracker.run_id, "val_miou")
+    assert sorted((m.step, m.value) for m in history) == [(1, 0.1), (2, 0.2), (3, 0.3)]
+
+
+LOGGER = """
+import sys
+from heritageseg.config import TrackingConfig
+from heritageseg.tracking import RunTracker, connect
+from mlflow.tracking import MlflowClient
+experiment = connect(TrackingConfig(experiment=sys.argv[1]))
+run = MlflowClient().create_run(experiment, run_name=sys.argv[2])
+tracker = RunTracker(run.info.run_id)
+for epoch in range(1, int(sys.argv[3]) + 1):
+    tracker.on_epoch({"epoch": epoch, "loss": 1.0 / epoch, "miou": epoch / 100})
+    MlflowClient().log_metric(run.info.run_id, "single", epoch, step=epoch)
+assert tracker.flush(), "metrics left unsent"
+MlflowClient().set_terminated(run.info.run_id)
+"""
+
+
+def _log_concurrently(uri: str, experiment: str, steps: int) -> None:
+    env = _env(uri)
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", LOGGER, experiment, f"w{i}", str(steps)],
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(3)
+    ]
+    for worker in workers:
+        _, error = worker.communicate(timeout=240)
+        assert worker.returncode == 0, error[-3000:]
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    runs = client.search_runs([experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ["w0", "w1", "w2"]
+    for run in runs:
+        for key in ("loss", "miou", "single"):
+            steps_logged = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+            assert sorted(steps_logged) == list(range(1, steps + 1)), (run.info.run_name, key)
+
+
+@pytest.fixture(scope="module")
+def ui_server(tracked, store, tmp_path_factory):
+    """`heritageseg ui` (an `mlflow ui` server) over the module's store, on a free port."""
+    port = _free_port()
+    log = tmp_path_factory.mktemp("ui") / "ui.log"
+    with open(log, "w") as stream:
+        server = subprocess.Popen(
+            [str(BIN / "heritageseg"), "ui", "--port", str(port)], env=_env(store),
+            stdout=stream, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/health", server, 120, log)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        _stop(server)
+        mlflow.set_tracking_uri(store)
+
+
+@pytest.mark.slow
+def test_three_processes_lose_no_metric_in_sqlite_or_on_a_server(store, ui_server):
+    _log_concurrently(store, "concurrency-sqlite", 40)
+    _log_concurrently(ui_server, "concurrency-server", 40)
+
+
+def _dom(url: str) -> str:
+    args = [chromium(), "--headless", "--no-sandbox", "--disable-gpu",
+            "--virtual-time-budget=20000", "--dump-dom", url]  # fmt: skip
+    return subprocess.run(args, capture_output=True, text=True, timeout=180).stdout
+
+
+@pytest.mark.slow
+def test_mlflow_ui_in_headless_chromium_shows_the_benchmark_runs(tracked, ui_server):
+    client = MlflowClient()
+    experiment = client.get_run(tracked["run_id"]).info.experiment_id
+    runs_page = _dom(f"{ui_server}/#/experiments/{experiment}/runs")
+    assert f"benchmark-{BENCHMARK}" in runs_page, runs_page[-2000:]
+    children = client.search_runs(
+        [experiment], f"tags.mlflow.parentRunId = '{tracked['parent_run_id']}'"
+    )
+    ids = json.dumps([tracked["parent_run_id"], *(r.info.run_id for r in children)])
+    compare = f'{ui_server}/#/compare-runs?runs={ids}&experiments=["{experiment}"]'
+    page = _dom(compare)
+    assert "segformer" in page and f"benchmark-{BENCHMARK}" in page and "test_miou" in page
+    shot = screenshot(compare, ARTIFACTS / "mlflow-ui-compare.png", 1600, 1100, wait_ms=20000)
+    assert ink(shot) > 0.02
