@@ -19,6 +19,7 @@ alive() { [[ -s "$STATE/$1" ]] && kill -0 "$(cat "$STATE/$1")" 2>/dev/null; }
 running=0
 for pid in "${PIDS[@]}"; do alive "$pid" && running=$((running + 1)); done
 if [[ $running -eq ${#PIDS[@]} ]] && SLURM_CONF="$CONF" sinfo -h >/dev/null 2>&1; then
+    echo "slurm local cluster: already running" >&2
     echo "export SLURM_CONF=$CONF"
     exit 0
 fi

@@ -66,16 +66,18 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", default="models", help="writes OUT/ARCH (default models)")
     train.add_argument("--fresh", action="store_true", help="ignore a saved resume state")
     train.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA when available)")
+    _add_launch_arguments(train)
     train.set_defaults(handler=_train)
 
     evaluate = commands.add_parser("evaluate", help="score a trained architecture")
-    evaluate.add_argument("--arch", required=True, choices=ARCHS)
+    evaluate.add_argument("--arch", required=True, choices=[*ARCHS, "all"])
     evaluate.add_argument("--split", choices=["test", "val"], help="default evaluate.split")
     evaluate.add_argument("--cache", default="data/cache")
     evaluate.add_argument("--raw", default="data/raw")
     evaluate.add_argument("--splits", default="data/splits")
     evaluate.add_argument("--models", default="models")
     evaluate.add_argument("--out", default="metrics", help="writes OUT/ARCH (default metrics)")
+    _add_launch_arguments(evaluate)
     evaluate.set_defaults(handler=_evaluate)
 
     summary = commands.add_parser("summary", help="print what the pipeline has produced")
@@ -110,6 +112,22 @@ def _build_parser() -> argparse.ArgumentParser:
     bench_train.add_argument("--batch-size", type=int, help="override train.ARCH.batch_size")
     bench_train.set_defaults(handler=_bench_train)
     return parser
+
+
+def _add_launch_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--executor", choices=["local", "slurm", "debug"], help="default launch.executor"
+    )
+    parser.add_argument("--profile", help="Slurm profile YAML (default launch.profile)")
+
+
+def _launch(args: argparse.Namespace, params) -> dict:
+    """run_jobs keyword arguments from launch: in params.yaml and the CLI overrides."""
+    from heritageseg.launch import load_profile
+
+    cfg = with_overrides(params.launch, executor=args.executor, profile=args.profile)
+    profile = load_profile(cfg.profile) if cfg.executor == "slurm" else None
+    return {"executor": cfg.executor, "profile": profile}
 
 
 def _ingest(args: argparse.Namespace) -> None:
@@ -164,21 +182,22 @@ def _weights(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from heritageseg.train import run_training
+    from heritageseg.launch import TrainJob, print_epoch, run_jobs
 
     params = load_params(args.params)
-    for arch in ARCHS if args.arch == "all" else [args.arch]:
-        result = run_training(
-            params,
-            arch,
-            Path(args.cache),
-            Path(args.weights),
-            Path(args.out) / arch,
-            fresh=args.fresh,
-            device=args.device,
-        )
-        if int(os.environ.get("RANK", "0")) != 0:
-            continue  # under torchrun every rank trains; one reports
+    launch = _launch(args, params)
+    local = launch["executor"] == "local"
+    archs = ARCHS if args.arch == "all" else (args.arch,)
+    calls = [
+        {"params": params, "arch": arch, "cache": Path(args.cache),
+         "class_weights": Path(args.weights), "out": Path(args.out) / arch, "fresh": args.fresh,
+         "device": args.device, "progress": local, "on_epoch": None if local else print_epoch}
+        for arch in archs
+    ]  # fmt: skip
+    results = run_jobs(TrainJob(), calls, name=f"train-{args.arch}", **launch)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # under torchrun every rank trains; one reports
+    for arch, result in zip(archs, results, strict=True):
         print(
             f"{arch}: best val mIoU {result.best_val_miou:.4f} at epoch {result.best_epoch} "
             f"of {result.epochs_run}{' (early stop)' if result.stopped_early else ''}; "
@@ -189,25 +208,25 @@ def _train(args: argparse.Namespace) -> None:
 def _evaluate(args: argparse.Namespace) -> None:
     from heritageseg.evaluate import run_evaluation
     from heritageseg.fileio import write_json
+    from heritageseg.launch import run_jobs
 
     params = load_params(args.params)
     split = args.split or params.evaluate.split
-    documents = run_evaluation(
-        params,
-        args.arch,
-        cache=Path(args.cache),
-        raw=Path(args.raw),
-        splits=Path(args.splits),
-        model_dir=Path(args.models) / args.arch,
-        split=split,
-    )
-    for name, document in documents.items():
-        write_json(Path(args.out) / args.arch / name, document)
-        low, high = document["miou_ci95"]
-        print(
-            f"{args.arch} {split} {name}: mIoU {100 * document['miou']:.2f}% "
-            f"[{100 * low:.2f}, {100 * high:.2f}], {document['throughput_img_s']:.1f} img/s"
-        )
+    archs = ARCHS if args.arch == "all" else (args.arch,)
+    calls = [
+        {"params": params, "arch": arch, "cache": Path(args.cache), "raw": Path(args.raw),
+         "splits": Path(args.splits), "model_dir": Path(args.models) / arch, "split": split}
+        for arch in archs
+    ]  # fmt: skip
+    results = run_jobs(run_evaluation, calls, name=f"evaluate-{args.arch}", **_launch(args, params))
+    for arch, documents in zip(archs, results, strict=True):
+        for name, document in documents.items():
+            write_json(Path(args.out) / arch / name, document)
+            low, high = document["miou_ci95"]
+            print(
+                f"{arch} {split} {name}: mIoU {100 * document['miou']:.2f}% "
+                f"[{100 * low:.2f}, {100 * high:.2f}], {document['throughput_img_s']:.1f} img/s"
+            )
 
 
 def _summary(args: argparse.Namespace) -> None:

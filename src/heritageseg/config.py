@@ -197,6 +197,14 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class LaunchConfig:
+    """Where train and evaluate run: here, or as Slurm jobs configured by a profile file."""
+
+    executor: Literal["local", "debug", "slurm"] = "local"
+    profile: str = "slurm/v100.yaml"  # sbatch settings for executor: slurm (heritageseg.launch)
+
+
+@dataclass(frozen=True)
 class Params:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
@@ -205,6 +213,7 @@ class Params:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
