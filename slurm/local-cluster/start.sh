@@ -28,8 +28,8 @@ fi
 [[ $(id -u) -eq 0 ]] || { echo "start.sh runs the daemons as root: run it as root" >&2; exit 3; }
 "$HERE/install.sh"
 
-rm -rf "${STATE:?}"/{etc,munge,mysql,run,log,ctld,spool}
-mkdir -p "$STATE"/{etc,munge,mysql/data,mysql/run,run,log,ctld,spool}
+rm -rf "${STATE:?}"/{etc,munge,mysql,run,log,ctld,spool,dev}
+mkdir -p "$STATE"/{etc,munge,mysql/data,mysql/run,run,log,ctld,spool,dev}
 chown munge:munge "$STATE/munge" && chmod 755 "$STATE/munge"
 chown -R mysql:mysql "$STATE/mysql"
 # Slurm 22.05 clients reach munge on its default socket whatever AuthInfo says
@@ -57,7 +57,8 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 MpiDefault=none
 ReturnToService=2
-SchedulerParameters=batch_sched_delay=0
+SchedulerParameters=batch_sched_delay=0,sched_interval=2,bf_interval=2
+AuthInfo=cred_expire=10
 KillWait=5
 MinJobAge=300
 MailProg=/bin/true

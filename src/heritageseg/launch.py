@@ -144,11 +144,11 @@ def wait(jobs: Sequence, *, log: Callable[[str], None] = print, poll_s: float = 
     """Poll until every job has ended, printing state changes and new log lines. Polls
     every `poll_s` at first, backing off to 15 s, so a long job costs few sacct calls."""
     states: dict[str, str] = {}
-    tails = {job.job_id: [_LogTail(job.paths.stdout), _LogTail(job.paths.stderr)] for job in jobs}
+    tails = {job.job_id: [_LogTail(path) for path in _logs(job)] for job in jobs}
     start = time.monotonic()
     while True:
-        jobs[0].watcher.update()
         finished = all(job.done() for job in jobs)
+        jobs[0].watcher.update()  # after done(): the last round shows the final states
         for job in jobs:
             state = job.watcher.get_state(job.job_id, mode="cache")
             if states.get(job.job_id, "UNKNOWN") != state:
@@ -160,6 +160,12 @@ def wait(jobs: Sequence, *, log: Callable[[str], None] = print, poll_s: float = 
         if finished:
             return
         time.sleep(min(15.0, poll_s + (time.monotonic() - start) / 30))
+
+
+def _logs(job) -> tuple[Path, Path]:
+    """stdout and stderr of the job's first task (rank 0 of a multi-task job)."""
+    first = job.task(0) if job.num_tasks > 1 else job
+    return first.paths.stdout, first.paths.stderr
 
 
 def cancel(jobs: Sequence, log: Callable[[str], None] = print) -> None:
@@ -175,16 +181,16 @@ def _outcome(job) -> Any:
     import submitit
 
     tasks = [job.task(i) for i in range(job.num_tasks)] if job.num_tasks > 1 else [job]
+    stderr = _logs(job)[1]
     if not all(task.paths.result_pickle.exists() for task in tasks):
         state = job.watcher.get_state(job.job_id, mode="force")
         raise LaunchError(
-            f"job {job.job_id} ended {state} without a result; log: {job.paths.stderr}"
-            f"{_last_lines(job.paths.stderr)}"
+            f"job {job.job_id} ended {state} without a result; log: {stderr}{_last_lines(stderr)}"
         )
     try:
         results = job.results()
     except submitit.core.utils.FailedJobError as error:
-        raise LaunchError(f"job {job.job_id} failed; log: {job.paths.stderr}\n{error}") from None
+        raise LaunchError(f"job {job.job_id} failed; log: {stderr}\n{error}") from None
     return results[0]
 
 
@@ -217,15 +223,20 @@ class _LogTail:
         return [line.decode(errors="replace") for line in lines if line.strip()]
 
 
-def export_distributed() -> None:
-    """In a multi-task submitit job, export RANK, WORLD_SIZE, MASTER_ADDR... for env://
-    (train.init_distributed reads them). GPUs stay those Slurm's GRES gave the job."""
-    tasks = int(os.environ.get("SLURM_NTASKS", "1"))
-    if os.environ.get("SUBMITIT_EXECUTOR") != "slurm" or tasks < 2:
+def prepare_job_process() -> None:
+    """In a Slurm job: use the CPUs Slurm gave the task (without cgroups torch would take
+    every core of the node), and in a multi-task job export RANK, WORLD_SIZE, MASTER_ADDR...
+    for env:// (train.init_distributed reads them). GPUs stay those Slurm's GRES gave."""
+    if os.environ.get("SUBMITIT_EXECUTOR") != "slurm":
         return
-    from submitit.helpers import TorchDistributedEnvironment
+    if "SLURM_CPUS_PER_TASK" in os.environ:
+        import torch
 
-    TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        torch.set_num_threads(int(os.environ["SLURM_CPUS_PER_TASK"]))
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        from submitit.helpers import TorchDistributedEnvironment
+
+        TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
 
 
 def job_labels() -> dict[str, str]:
@@ -243,7 +254,7 @@ class TrainJob:
     def __call__(self, **kwargs: Any):
         from heritageseg.train import run_training
 
-        export_distributed()
+        prepare_job_process()
         return run_training(**kwargs)
 
     def checkpoint(self, **kwargs: Any):
