@@ -26,8 +26,6 @@ from tests.test_train import BIN, ROOT
 
 pytestmark = pytest.mark.slow
 tiny = test_train.tiny  # test_train's 40-image, 64 px cache, reused (module scope)
-# one torch thread, as in the jobs (cpus_per_task: 1): bf16 results depend on the thread count
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 CLUSTER = ROOT / "slurm" / "local-cluster"
 STATE = ROOT / ".slurm-local"
 
@@ -75,13 +73,20 @@ def _params(tiny: Path, folder: Path, epochs: int) -> Path:
     return path
 
 
+def _env() -> dict[str, str]:
+    """One torch thread, as in the jobs (cpus_per_task: 1): bf16 results depend on it."""
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
 def _train(tiny: Path, params: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
     command = [
         str(BIN / "heritageseg"), "--params", str(params), "train",
         "--cache", str(tiny / "data" / "cache"),
         "--weights", str(tiny / "data" / "class_weights.json"), "--out", str(out), *extra,
     ]  # fmt: skip
-    return subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT, env=ENV)
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=600, cwd=ROOT, env=_env()
+    )
 
 
 def _assert_same_weights(first: Path, second: Path) -> None:
@@ -202,10 +207,11 @@ def _slow_first_run(row: dict) -> None:
 def test_a_job_at_its_time_limit_requeues_resumes_and_equals_the_local_run(
     slurm_cluster, tiny, reference, tmp_path
 ):
-    """A real 1-minute limit: Slurm's USR2 comes 20-50 s into the job (signal_delay_s=40,
-    30 s checks), submitit calls TrainJob.checkpoint and requeues; the requeued job resumes
-    from the saved epoch and ends with the uninterrupted run's weights."""
-    profile = load_profile(_profile(tmp_path, time_min=1, signal_delay_s=40, max_requeues=4))
+    """A real 1-minute limit: Slurm sends USR2 at its last 30 s check before limit -
+    signal_delay_s, i.e. 20-50 s into the job; submitit calls TrainJob.checkpoint and
+    requeues; the requeued job resumes from the saved epoch and ends with the
+    uninterrupted run's weights."""
+    profile = load_profile(_profile(tmp_path, time_min=1, signal_delay_s=10, max_requeues=4))
     lines: list[str] = []
     params = load_params(_params(tiny, tmp_path, 2))
     call = {"params": params, "arch": "segformer", "cache": tiny / "data" / "cache",
@@ -230,7 +236,7 @@ def test_a_two_task_ddp_job_trains_like_the_local_two_process_run(slurm_cluster,
          "--params", str(params), "train", "--arch", "segformer",
          "--cache", str(tiny / "data" / "cache"),
          "--weights", str(tiny / "data" / "class_weights.json"), "--out", str(tmp_path / "local")],
-        capture_output=True, text=True, timeout=600, cwd=ROOT, env=ENV,
+        capture_output=True, text=True, timeout=600, cwd=ROOT, env=_env(),
     )  # fmt: skip
     assert local.returncode == 0, local.stderr[-3000:]
     done = _train(

@@ -114,8 +114,8 @@ def run_jobs(
     backend = _make_executor(executor, profile, name)
     with backend.batch():
         jobs = [backend.submit(fn, **call) for call in calls]
-    if executor == "debug":
-        return [_outcome(job) for job in jobs]
+    if executor == "debug":  # runs here, on result(); a failure opens pdb post-mortem
+        return [job.result() for job in jobs]
     log(f"submitted {len(jobs)} job(s) to Slurm: {', '.join(j.job_id for j in jobs)}; "
         f"logs in {jobs[0].paths.folder}")  # fmt: skip
     try:
