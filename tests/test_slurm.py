@@ -6,6 +6,7 @@ Ctrl-C), a time limit that requeues and resumes, and a 2-task DDP job (gloo on t
 from __future__ import annotations
 
 import functools
+import json
 import operator
 import os
 import signal
@@ -120,6 +121,26 @@ def test_tiny_training_round_trip_through_slurm_equals_the_local_run(
     assert "slurm_job_id=" in done.stdout and "slurm_node=localhost" in done.stdout
     assert "segformer: best val mIoU" in done.stdout
     _assert_same_weights(reference, tmp_path / "models" / "segformer")
+
+
+def test_evaluate_through_slurm_scores_like_the_local_run(slurm_cluster, tiny, reference, tmp_path):
+    command = [
+        str(BIN / "heritageseg"), "--params", str(tiny / "params.yaml"), "evaluate",
+        "--arch", "segformer", "--cache", str(tiny / "data" / "cache"),
+        "--raw", str(tiny / "data" / "raw"), "--splits", str(tiny / "data" / "splits"),
+        "--models", str(reference.parent),
+    ]  # fmt: skip
+    slurm = [*command, "--out", str(tmp_path / "slurm"), "--executor", "slurm",
+             "--profile", str(_profile(tmp_path))]  # fmt: skip
+    for args in ([*command, "--out", str(tmp_path / "local")], slurm):
+        done = subprocess.run(args, capture_output=True, text=True, timeout=600, env=_env())
+        assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
+    assert "submitted 1 job(s) to Slurm" in done.stdout
+    for name in ("metrics.json", "metrics_native.json"):
+        local = json.loads((tmp_path / "local" / "segformer" / name).read_text())
+        remote = json.loads((tmp_path / "slurm" / "segformer" / name).read_text())
+        assert remote["confusion_matrix"] == local["confusion_matrix"]
+        assert remote["miou"] == local["miou"] and remote["miou_ci95"] == local["miou_ci95"]
 
 
 def test_all_three_architectures_run_as_one_job_array(slurm_cluster, tiny, tmp_path):
