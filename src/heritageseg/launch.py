@@ -12,20 +12,18 @@ from __future__ import annotations
 
 import os
 import time
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 
-from heritageseg.config import from_mapping
+from heritageseg.config import LaunchConfig, from_mapping
 from heritageseg.errors import ConfigError, HeritagesegError
 
-Executor = Literal["local", "debug", "slurm"]
-EXECUTORS: tuple[str, ...] = ("local", "debug", "slurm")
-FAILED_STATES = ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
-                 "DEADLINE", "PREEMPTED")  # fmt: skip
+EXECUTORS = typing.get_args(typing.get_type_hints(LaunchConfig)["executor"])  # local, debug, slurm
 
 
 class LaunchError(HeritagesegError):
