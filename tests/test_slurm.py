@@ -21,7 +21,14 @@ import yaml
 from safetensors.torch import load_file
 
 from heritageseg.config import load_params
-from heritageseg.launch import LaunchError, TrainJob, load_profile, print_epoch, run_jobs
+from heritageseg.launch import (
+    LaunchError,
+    TrainJob,
+    load_profile,
+    prepare_job_process,
+    print_epoch,
+    run_jobs,
+)
 from tests import test_train
 from tests.test_train import BIN, ROOT
 
@@ -246,6 +253,22 @@ def test_a_job_at_its_time_limit_requeues_resumes_and_equals_the_local_run(
         assert "resuming" in log.split("Requeued job", 1)[1], log[-3000:]
     assert result.epochs_run == 2
     _assert_same_weights(reference, tmp_path / "models" / "segformer")
+
+
+def _job_environment() -> dict[str, str | None]:
+    """What a task of a job sees after TrainJob's preparation (runs on the cluster)."""
+    prepare_job_process()
+    names = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "CUDA_VISIBLE_DEVICES")
+    return {name: os.environ.get(name) for name in names}
+
+
+def test_gpus_come_from_gres_and_ranks_from_submitit(slurm_cluster, tmp_path):
+    """Two fake V100s requested as GRES: Slurm, not our code, sets CUDA_VISIBLE_DEVICES;
+    each of the 2 tasks keeps both and picks its GPU by LOCAL_RANK."""
+    profile = load_profile(_profile(tmp_path, tasks_per_node=2, gpus_per_node=2))
+    (env,) = run_jobs(_job_environment, [{}], executor="slurm", profile=profile, log=print)
+    assert env == {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "localhost",
+                   "CUDA_VISIBLE_DEVICES": "0,1"}  # fmt: skip
 
 
 def test_a_two_task_ddp_job_trains_like_the_local_two_process_run(slurm_cluster, tiny, tmp_path):
