@@ -42,6 +42,7 @@ def test_paper_profile_is_the_reference_configuration(params_copy):
     augment = params.augment
     assert min(augment.hflip, augment.vflip, augment.rotate, augment.color_jitter) > 0
     assert augment.blur > 0
+    assert (params.launch.executor, params.launch.profile) == ("slurm", "slurm/v100.yaml")
 
 
 def test_paper_native_profile_trains_on_native_tiles(params_copy):

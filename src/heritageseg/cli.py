@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -67,16 +68,18 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--fresh", action="store_true", help="ignore a saved resume state")
     train.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA when available)")
     train.add_argument("--raw", default="data/raw", help="ingested data (its manifest is tagged)")
+    _add_launch_arguments(train)
     train.set_defaults(handler=_train)
 
     evaluate = commands.add_parser("evaluate", help="score a trained architecture")
-    evaluate.add_argument("--arch", required=True, choices=ARCHS)
+    evaluate.add_argument("--arch", required=True, choices=[*ARCHS, "all"])
     evaluate.add_argument("--split", choices=["test", "val"], help="default evaluate.split")
     evaluate.add_argument("--cache", default="data/cache")
     evaluate.add_argument("--raw", default="data/raw")
     evaluate.add_argument("--splits", default="data/splits")
     evaluate.add_argument("--models", default="models")
     evaluate.add_argument("--out", default="metrics", help="writes OUT/ARCH (default metrics)")
+    _add_launch_arguments(evaluate)
     evaluate.set_defaults(handler=_evaluate)
 
     profile = commands.add_parser("profile", help="switch params.yaml to a named profile")
@@ -198,6 +201,22 @@ def _ui(args: argparse.Namespace) -> None:
     os.execv(sys.executable, command)  # the server replaces this process: one pid, Ctrl-C works
 
 
+def _add_launch_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--executor", choices=["local", "slurm", "debug"], help="default launch.executor"
+    )
+    parser.add_argument("--profile", help="Slurm profile YAML (default launch.profile)")
+
+
+def _launch(args: argparse.Namespace, params) -> dict:
+    """run_jobs keyword arguments from launch: in params.yaml and the CLI overrides."""
+    from heritageseg.launch import load_profile
+
+    cfg = with_overrides(params.launch, executor=args.executor, profile=args.profile)
+    profile = load_profile(cfg.profile) if cfg.executor == "slurm" else None
+    return {"executor": cfg.executor, "profile": profile}
+
+
 def _ingest(args: argparse.Namespace) -> None:
     from heritageseg.data.ingest import REJECTS, run_ingest
 
@@ -250,25 +269,33 @@ def _weights(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from heritageseg.train import run_training
+    from heritageseg.launch import TrainJob, print_epoch, run_jobs
 
     params = load_params(args.params)
+    launch = _launch(args, params)
+    local = launch["executor"] == "local"
     main_rank = int(os.environ.get("RANK", "0")) == 0
-    for arch in ARCHS if args.arch == "all" else [args.arch]:
-        out = Path(args.out) / arch
-        with _training_run(params, args, arch, out, main_rank) as tracker:
-            result = run_training(
-                params,
-                arch,
-                Path(args.cache),
-                Path(args.weights),
-                out,
-                fresh=args.fresh,
-                device=args.device,
-                on_epoch=tracker.on_epoch if tracker else None,
-            )
-        if not main_rank:
-            continue  # under torchrun every rank trains; one reports
+    archs = ARCHS if args.arch == "all" else (args.arch,)
+    with contextlib.ExitStack() as runs:
+        trackers = [
+            runs.enter_context(_training_run(params, args, arch, Path(args.out) / arch, main_rank))
+            for arch in archs
+        ]
+        calls = [
+            {"params": params, "arch": arch, "cache": Path(args.cache),
+             "class_weights": Path(args.weights), "out": Path(args.out) / arch,
+             "fresh": args.fresh, "device": args.device, "progress": local,
+             "on_epoch": (tracker.on_epoch if tracker else None) if local else print_epoch}
+            for arch, tracker in zip(archs, trackers, strict=True)
+        ]  # fmt: skip
+        results = run_jobs(TrainJob(), calls, name=f"train-{args.arch}", **launch)
+        if not local:  # the jobs printed their epochs; their runs get them now, with the job ids
+            for tracker, result in zip(trackers, results, strict=True):
+                if tracker:
+                    tracker.record_job(result.history, result.job)
+    if not main_rank:
+        return  # under torchrun every rank trains; one reports
+    for arch, result in zip(archs, results, strict=True):
         print(
             f"{arch}: best val mIoU {result.best_val_miou:.4f} at epoch {result.best_epoch} "
             f"of {result.epochs_run}{' (early stop)' if result.stopped_early else ''}; "
@@ -278,8 +305,6 @@ def _train(args: argparse.Namespace) -> None:
 
 def _training_run(params, args: argparse.Namespace, arch: str, out: Path, main_rank: bool):
     """The MLflow child run around training (rank 0, tracking on); else yields None."""
-    import contextlib
-
     if not (params.tracking.enabled and main_rank):
         return contextlib.nullcontext()
     from heritageseg.tracking import training_run
@@ -289,42 +314,42 @@ def _training_run(params, args: argparse.Namespace, arch: str, out: Path, main_r
 
 def _evaluate(args: argparse.Namespace) -> None:
     from heritageseg.evaluate import run_evaluation, write_evaluation
+    from heritageseg.launch import run_jobs
 
     params = load_params(args.params)
     split = args.split or params.evaluate.split
-    evaluation = run_evaluation(
-        params,
-        args.arch,
-        cache=Path(args.cache),
-        raw=Path(args.raw),
-        splits=Path(args.splits),
-        model_dir=Path(args.models) / args.arch,
-        split=split,
-    )
-    write_evaluation(evaluation, Path(args.out) / args.arch)
-    for name, document in evaluation.documents.items():
-        low, high = document["miou_ci95"]
-        print(
-            f"{args.arch} {split} {name}: mIoU {100 * document['miou']:.2f}% "
-            f"[{100 * low:.2f}, {100 * high:.2f}], {document['throughput_img_s']:.1f} img/s"
-        )
-    if params.tracking.enabled:
-        _track_evaluation(args, params, evaluation.documents)
+    archs = ARCHS if args.arch == "all" else (args.arch,)
+    calls = [
+        {"params": params, "arch": arch, "cache": Path(args.cache), "raw": Path(args.raw),
+         "splits": Path(args.splits), "model_dir": Path(args.models) / arch, "split": split}
+        for arch in archs
+    ]  # fmt: skip
+    results = run_jobs(run_evaluation, calls, name=f"evaluate-{args.arch}", **_launch(args, params))
+    for arch, evaluation in zip(archs, results, strict=True):
+        write_evaluation(evaluation, Path(args.out) / arch)
+        for name, document in evaluation.documents.items():
+            low, high = document["miou_ci95"]
+            print(
+                f"{arch} {split} {name}: mIoU {100 * document['miou']:.2f}% "
+                f"[{100 * low:.2f}, {100 * high:.2f}], {document['throughput_img_s']:.1f} img/s"
+            )
+        if params.tracking.enabled:
+            _track_evaluation(args, params, arch, evaluation.documents)
 
 
-def _track_evaluation(args: argparse.Namespace, params, documents: dict) -> None:
+def _track_evaluation(args: argparse.Namespace, params, arch: str, documents: dict) -> None:
     from heritageseg import registry, tracking
 
-    model_dir = Path(args.models) / args.arch
+    model_dir = Path(args.models) / arch
     run_id, benchmark = tracking.log_evaluation(
-        params, args.arch, model_dir, Path(args.out) / args.arch, documents, Path(args.raw),
+        params, arch, model_dir, Path(args.out) / arch, documents, Path(args.raw),
         Path(args.params),
     )  # fmt: skip
     version = registry.register_evaluation(
-        params.tracking, run_id, args.arch, model_dir, documents, benchmark,
+        params.tracking, run_id, arch, model_dir, documents, benchmark,
         params.evaluate.tile_overlap,
     )  # fmt: skip
-    where = f"; registered {tracking.model_name(args.arch)} v{version}" if version else ""
+    where = f"; registered {tracking.model_name(arch)} v{version}" if version else ""
     print(f"logged to MLflow run {run_id} ({tracking.tracking_uri(params.tracking)}){where}")
 
 

@@ -207,6 +207,14 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class LaunchConfig:
+    """Where train and evaluate run: here, or as Slurm jobs configured by a profile file."""
+
+    executor: Literal["local", "debug", "slurm"] = "local"
+    profile: str = "slurm/v100.yaml"  # sbatch settings for executor: slurm (heritageseg.launch)
+
+
+@dataclass(frozen=True)
 class Params:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
@@ -216,6 +224,7 @@ class Params:
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

@@ -229,6 +229,15 @@ class RunTracker:
         self.pending += [(k, float(v), step) for k, v in row.items() if k != "epoch"]
         self.flush()
 
+    def record_job(self, history: list[dict], job: dict[str, str]) -> None:
+        """After a remote (Slurm) training: its epochs, and where it ran as tags."""
+        from mlflow.tracking import MlflowClient
+
+        for row in history:
+            self.on_epoch(row)
+        for label, value in job.items():
+            MlflowClient().set_tag(self.run_id, label.replace("slurm_", "slurm."), value)
+
     def flush(self) -> bool:
         """Send pending metrics; on failure warn and keep them (training goes on)."""
         from mlflow.tracking import MlflowClient

@@ -8,6 +8,7 @@ Runs unchanged under torch.distributed (torchrun, Slurm): only rank 0 writes.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import functools
@@ -15,6 +16,8 @@ import io
 import json
 import os
 import random
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -173,6 +176,7 @@ class TrainResult:
     epochs_run: int
     stopped_early: bool
     history: list[dict]
+    job: dict[str, str] = dataclasses.field(default_factory=dict)  # Slurm job id, index, node
 
 
 def run_training(
@@ -276,10 +280,13 @@ def run_training(
         _advance(state, row, epoch, val_miou)
         state["train_seconds"] = time.perf_counter() - start_time
         if rank.is_main:
-            if state["best_epoch"] == epoch + 1:
-                save_weights(model, out, {**config, "best_epoch": epoch + 1, "val_miou": val_miou})
-            save_resume(out, objects, {**state, "fingerprint": fingerprint})
-            _write_history(out / HISTORY, state["history"])
+            with signals_deferred():  # a Slurm USR2 (requeue) never lands mid-save
+                if state["best_epoch"] == epoch + 1:
+                    save_weights(
+                        model, out, {**config, "best_epoch": epoch + 1, "val_miou": val_miou}
+                    )
+                save_resume(out, objects, {**state, "fingerprint": fingerprint})
+                _write_history(out / HISTORY, state["history"])
             if on_epoch is not None:
                 on_epoch(row)
     result = TrainResult(
@@ -295,6 +302,20 @@ def run_training(
     if rank.world > 1:
         dist.barrier()
     return result
+
+
+@contextlib.contextmanager
+def signals_deferred(signals=(signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)):
+    """Hold these signals until the block ends: submitit's handler exits the process to
+    requeue it, which must not leave the weights, history and resume state out of step."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _advance(state: dict, row: dict, epoch: int, val_miou: float) -> None:
