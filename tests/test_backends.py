@@ -146,3 +146,24 @@ def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("infer")
     raw_cfg = IngestConfig(n=20, seed=0, min_size=64, max_size=96, workers=1)
     return prepare_bench_cache(raw_cfg, folder, size=32)[1]
+
+
+def test_load_predictor_and_evaluate_use_the_chosen_backend(tmp_path: Path):
+    from heritageseg.backends import load_predictor
+    from heritageseg.evaluate import evaluation_predictor
+
+    model = _model()
+    config = {
+        "model": {"encoder": "tu-convnext_atto", "image_size": SIZE, "head": "fine"},
+        "normalization": {"mean": [0.5] * 3, "std": [0.25] * 3},
+    }
+    save_weights(model, tmp_path, config)
+    batch = _batch()
+    reference = build_predictor(model, "eager")(batch)
+    predict, loaded = load_predictor(tmp_path, "onnx")
+    assert loaded["model"]["image_size"] == SIZE
+    assert _relative_error(reference, predict(batch)) < 1e-4
+    with pytest.raises(BackendError, match="export onnx --arch ARCH --int8"):
+        load_predictor(tmp_path, "int8")
+    as_trained = evaluation_predictor(model, None, torch.device("cpu"), "fp32", config)
+    assert torch.equal(as_trained(batch), reference)

@@ -250,3 +250,31 @@ def export_trained_onnx(folder: Path, out: Path, *, int8: bool, cache: Path) -> 
         raise BackendError(f"{out}: onnxruntime differs from eager by {check['max_abs_diff']:.3g}")
     atomic_write_bytes(out, graph)
     return check
+
+
+def load_predictor(
+    model_dir: Path, backend: str | None = None, device: torch.device | str = "cpu",
+    cache: Path | None = None,
+) -> tuple[Predict, dict]:  # fmt: skip
+    """A trained models/ARCH as (Predict, config.json) for `predict` and the MLflow pyfunc.
+
+    `backend` None is `default_backend(device)`. The ONNX backends reuse a graph written by
+    `heritageseg export onnx` next to the weights; int8 without one calibrates on `cache`.
+    """
+    from heritageseg.evaluate import load_trained
+
+    device = torch.device(device)
+    backend = check_backend(backend or default_backend(device))
+    exported = model_dir / ("model.int8.onnx" if backend == "int8" else "model.onnx")
+    model, config = load_trained(model_dir)
+    if backend in ("onnx", "int8") and exported.is_file():
+        return onnx_predictor(exported), config
+    size = config["model"]["image_size"]
+    if backend == "int8" and cache is None:
+        raise BackendError(
+            f"{exported} not found: run `heritageseg export onnx --arch ARCH --int8` first"
+        )
+    calibration = None
+    if backend == "int8":
+        calibration = calibration_images(cache, size, config["normalization"])
+    return build_predictor(model, backend, device, size, calibration), config
