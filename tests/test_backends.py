@@ -165,5 +165,20 @@ def test_load_predictor_and_evaluate_use_the_chosen_backend(tmp_path: Path):
     assert _relative_error(reference, predict(batch)) < 1e-4
     with pytest.raises(BackendError, match="export onnx --arch ARCH --int8"):
         load_predictor(tmp_path, "int8")
+    default, _ = load_predictor(tmp_path)  # int8 without a calibrated graph: exact onnx
+    assert _relative_error(reference, default(batch)) < 1e-4
     as_trained = evaluation_predictor(model, None, torch.device("cpu"), "fp32", config)
     assert torch.equal(as_trained(batch), reference)
+
+
+def test_int8_export_calibrates_on_the_train_split(tmp_path: Path, tiny_cache: Path):
+    config = {
+        "model": {"encoder": "tu-convnext_atto", "image_size": 32, "head": "fine"},
+        "normalization": {"mean": [0.5] * 3, "std": [0.25] * 3},
+    }
+    save_weights(_model(), tmp_path / "convnext", config)
+    argv = ["export", "onnx", "--arch", "convnext", "--models", str(tmp_path), "--int8"]
+    assert main([*argv, "--cache", str(tiny_cache)]) == 0
+    graph = tmp_path / "convnext" / "model.int8.onnx"
+    assert graph.is_file()
+    assert b"QuantizeLinear" in graph.read_bytes()

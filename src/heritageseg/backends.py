@@ -29,8 +29,10 @@ from heritageseg.infer import Predict, model_predictor
 from heritageseg.models import fine_logits
 
 BACKENDS: tuple[str, ...] = typing.get_args(Backend)
-# The fastest backend that kept mIoU within 0.5 points on this project's CPU (reports/inference.md).
-DEFAULT_PREDICT_BACKEND = "bf16"
+# The fastest backend within 0.5 mIoU points of eager on this project's CPU at 384 px
+# (reports/inference.md: 3.4-3.7x for ConvNeXt-Tiny and MiT-B3). Needs its calibrated graph
+# (`export onnx --int8`); without one, `load_predictor`'s default falls back to exact `onnx`.
+DEFAULT_PREDICT_BACKEND = "int8"
 ONNX_OPSET = 18
 
 
@@ -264,8 +266,11 @@ def load_predictor(
     from heritageseg.evaluate import load_trained
 
     device = torch.device(device)
-    backend = check_backend(backend or default_backend(device))
-    exported = model_dir / ("model.int8.onnx" if backend == "int8" else "model.onnx")
+    chosen = check_backend(backend or default_backend(device))
+    exported = model_dir / ("model.int8.onnx" if chosen == "int8" else "model.onnx")
+    if backend is None and chosen == "int8" and cache is None and not exported.is_file():
+        chosen, exported = "onnx", model_dir / "model.onnx"  # the default needs no calibration
+    backend = chosen
     model, config = load_trained(model_dir)
     if backend in ("onnx", "int8") and exported.is_file():
         return onnx_predictor(exported), config
