@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from heritageseg.backends import (
     default_backend,
     export_trained_onnx,
 )
+from heritageseg.bench_infer import loggable
 from heritageseg.checkpoint import save_weights
 from heritageseg.cli import main
 from heritageseg.config import ModelConfig
@@ -136,6 +138,8 @@ def test_bench_infer_writes_every_row(tmp_path: Path, tiny_cache: Path):
     assert [row.split("|")[5].strip() for row in rows] == backends
     assert "| eager | " in text and "1.0000 | +0.00 |" in text  # eager agrees with itself
     assert "## Best backend within 0.5 mIoU points" in text
+    figures = json.loads(report.with_suffix(".json").read_text())
+    assert len(loggable(figures)) == 6 * len(backends)
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from heritageseg.config import ModelConfig, Params
 from heritageseg.data.cache import CacheDataset
 from heritageseg.data.transforms import eval_transform
 from heritageseg.errors import HeritagesegError
-from heritageseg.fileio import atomic_write_text
+from heritageseg.fileio import atomic_write_text, write_json
 from heritageseg.metrics import confusion, scores
 from heritageseg.models import build_model
 
@@ -219,6 +219,13 @@ def inference_markdown(figures: dict) -> str:
             f"| {r['speedup']:.2f}× [{r['speedup_min']:.2f}, {r['speedup_max']:.2f}] "
             f"| {r['peak_rss_mb']:.0f} | {r['agreement']:.4f} | {r['miou_diff_points']:+.2f} |"
         )
+    if any(not r["trained"] for r in figures["rows"]):
+        lines += [
+            "",
+            "trained = no: no models/ARCH with that encoder, so seeded untrained weights; their "
+            "mIoU is near zero and ΔmIoU says little, and their near-tied logits make agreement "
+            "a pessimistic bound. Speed does not depend on the weights.",
+        ]
     lines += ["", "## Best backend within 0.5 mIoU points", ""]
     for key, r in figures["best"].items():
         lines.append(f"- {key}: **{r['backend']}**, {r['speedup']:.2f}× eager fp32")
@@ -226,4 +233,6 @@ def inference_markdown(figures: dict) -> str:
 
 
 def write_report(figures: dict, path: Path) -> None:
+    """The markdown table, and beside it the same figures as JSON (`loggable` reads them)."""
     atomic_write_text(path, inference_markdown(figures))
+    write_json(path.with_suffix(".json"), figures)
