@@ -92,6 +92,8 @@ def test_unknown_backend_lists_the_valid_ones():
         check_backend("tensorrt")
     with pytest.raises(BackendError, match="needs CUDA"):
         build_predictor(_model(), "fp16", "cpu")
+    with pytest.raises(BackendError, match="needs calibration images"):
+        build_predictor(_model(), "int8", "cpu")
     assert set(available_backends("cpu")) <= set(BACKENDS)
 
 
@@ -171,7 +173,7 @@ def test_load_predictor_and_evaluate_use_the_chosen_backend(tmp_path: Path):
         load_predictor(tmp_path, "int8")
     default, _ = load_predictor(tmp_path)  # int8 without a calibrated graph: exact onnx
     assert _relative_error(reference, default(batch)) < 1e-4
-    as_trained = evaluation_predictor(model, None, torch.device("cpu"), "fp32", config)
+    as_trained = evaluation_predictor(model, None, torch.device("cpu"), "fp32", config, tmp_path)
     assert torch.equal(as_trained(batch), reference)
 
 

@@ -74,10 +74,10 @@ def build_predictor(
         return _compiled_predictor(model, device)
     if device.type != "cpu":
         raise BackendError(f"backend {backend!r} runs on the CPU (onnxruntime); got {device}")
+    if backend == "int8" and calibration is None:
+        raise BackendError("backend int8 needs calibration images (calibration_images)")
     graph = export_onnx_bytes(model, example_size)
     if backend == "int8":
-        if calibration is None:
-            calibration = torch.randn(4, 3, example_size, example_size)
         graph = quantize_int8(graph, calibration)
     return onnx_predictor(graph)
 

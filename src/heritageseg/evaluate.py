@@ -140,7 +140,9 @@ def run_evaluation(
     model, config = load_trained(model_dir)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device)
-    predict = evaluation_predictor(model, cfg.backend, device, params.train.precision, config)
+    predict = evaluation_predictor(
+        model, cfg.backend, device, params.train.precision, config, cache
+    )
     params_m = count_parameters(model)
     documents = {}
 
@@ -159,12 +161,16 @@ def run_evaluation(
 
 def evaluation_predictor(
     model: torch.nn.Module, backend: str | None, device: torch.device, precision: str,
-    config: dict,
+    config: dict, cache: Path,
 ) -> Predict:  # fmt: skip
     """`evaluate.backend` null: PyTorch at `train.precision`, as results always were; else a
-    backend of heritageseg.backends (checked against eager fp32 by `bench infer`)."""
+    backend of heritageseg.backends (int8 calibrated on `cache`'s train images)."""
     if backend is None:
         return model_predictor(model, resolve_precision(precision, device).autocast)
-    from heritageseg.backends import build_predictor
+    from heritageseg.backends import build_predictor, calibration_images
 
-    return build_predictor(model, backend, device, config["model"]["image_size"])
+    size = config["model"]["image_size"]
+    calibration = None
+    if backend == "int8":
+        calibration = calibration_images(cache, size, config["normalization"])
+    return build_predictor(model, backend, device, size, calibration)
