@@ -221,8 +221,32 @@ def test_production_model_predicts_damage_maps_in_a_fresh_process(tracked, store
         assert report["model"] == {"name": NAME, "version": "1"}
         assert (report["width"], report["height"]) == (width, height)
         assert sum(c["area_pct"] for c in report["classes"].values()) == pytest.approx(100)
-        assert report == damage_report(np.asarray(mask), NAME, "1", str(image))
+        expected = damage_report(np.asarray(mask), NAME, "1", str(image))
+        assert report == {**expected, "backend": "onnx"}  # the CPU default, exact
     assert "damage maps" in done.stderr  # the progress bar
+    eager = subprocess.run(
+        [str(BIN / "heritageseg"), "predict", str(images[0]), "--model",
+         f"models:/{NAME}@production", "--out", str(tmp_path / "eager"), "--backend", "eager"],
+        env=_env(store), capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert eager.returncode == 0, eager.stderr[-3000:]
+    report = json.loads((tmp_path / "eager" / f"{images[0].stem}.json").read_text())
+    assert report["backend"] == "eager"
+    same = np.asarray(Image.open(tmp_path / "eager" / "wide.png")) == np.asarray(
+        Image.open(tmp_path / "maps" / "wide.png")
+    )
+    assert same.mean() > 0.99  # onnxruntime and eager PyTorch agree to ~1e-6 in the logits
+
+
+def test_a_benchmark_command_run_keeps_its_figures_and_files(tmp_path):
+    table = tmp_path / "inference.md"
+    table.write_text("| backend | img/s |\n")
+    figures = {"infer/segformer/160/bf16/speedup": 1.7, "infer/segformer/160/bf16/img_s": 30.0}
+    run_id = tracking.log_benchmark_run(TrackingConfig(), "bench-infer", figures, [table])
+    client = MlflowClient()
+    run = client.get_run(run_id)
+    assert run.data.metrics == figures and run.info.status == "FINISHED"
+    assert [a.path for a in client.list_artifacts(run_id)] == ["inference.md"]
 
 
 def test_damage_report_counts_area_and_connected_regions():

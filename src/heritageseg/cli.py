@@ -79,6 +79,7 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--splits", default="data/splits")
     evaluate.add_argument("--models", default="models")
     evaluate.add_argument("--out", default="metrics", help="writes OUT/ARCH (default metrics)")
+    evaluate.add_argument("--backend", help="inference backend (default evaluate.backend)")
     _add_launch_arguments(evaluate)
     evaluate.set_defaults(handler=_evaluate)
 
@@ -102,6 +103,16 @@ def _build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", default="reports", help="output folder (default reports)")
     report.set_defaults(handler=_report)
     _add_mlflow_commands(commands)
+
+    export = commands.add_parser("export", help="export a trained architecture")
+    export_kinds = export.add_subparsers(dest="export", required=True)
+    export_onnx = export_kinds.add_parser("onnx", help="ONNX graph for onnxruntime")
+    export_onnx.add_argument("--arch", required=True, choices=ARCHS)
+    export_onnx.add_argument("--models", default="models")
+    export_onnx.add_argument("--out", help="default MODELS/ARCH/model.onnx (model.int8.onnx)")
+    export_onnx.add_argument("--int8", action="store_true", help="static int8 quantisation")
+    export_onnx.add_argument("--cache", default="data/cache", help="int8: calibration images")
+    export_onnx.set_defaults(handler=_export_onnx)
 
     summary = commands.add_parser("summary", help="print what the pipeline has produced")
     summary.add_argument("--raw", default="data/raw")
@@ -134,6 +145,17 @@ def _build_parser() -> argparse.ArgumentParser:
     bench_train.add_argument("--encoder", help="override train.ARCH.encoder")
     bench_train.add_argument("--batch-size", type=int, help="override train.ARCH.batch_size")
     bench_train.set_defaults(handler=_bench_train)
+    bench_infer = bench_kinds.add_parser("infer", help="inference backends vs eager fp32")
+    bench_infer.add_argument("--archs", nargs="+", choices=ARCHS, default=["convnext", "segformer"])
+    bench_infer.add_argument("--sizes", nargs="+", type=int, default=[160, 384])
+    bench_infer.add_argument("--backends", nargs="+", help="default: all that run here")
+    bench_infer.add_argument("--cache", default="data/cache", help="test split to score on")
+    bench_infer.add_argument("--models", default="models", help="trained models, when present")
+    bench_infer.add_argument("--images", type=int, default=8, help="test images per run")
+    bench_infer.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
+    bench_infer.add_argument("--batch-size", type=int, default=4)
+    bench_infer.add_argument("--out", default="reports/inference.md")
+    bench_infer.set_defaults(handler=_bench_infer)
     return parser
 
 
@@ -149,6 +171,9 @@ def _add_mlflow_commands(commands) -> None:
     predict.add_argument("images", nargs="+", type=Path, help="PNG/JPEG/TIFF images")
     predict.add_argument("--model", default="models:/heritageseg-segformer@production")
     predict.add_argument("--out", type=Path, required=True, help="output folder")
+    predict.add_argument(
+        "--backend", help="eager, bf16, fp16, compile, onnx (default: onnx on CPU)"
+    )
     predict.set_defaults(handler=_predict)
 
     ui = commands.add_parser("ui", help="the MLflow UI on 127.0.0.1 over the project's store")
@@ -181,7 +206,7 @@ def _predict(args: argparse.Namespace) -> None:
     from heritageseg.damage_maps import summary_line, write_damage_maps
 
     tracking.connect(load_params(args.params).tracking)
-    for report in write_damage_maps(args.images, args.model, args.out):
+    for report in write_damage_maps(args.images, args.model, args.out, args.backend):
         print(summary_line(report))
     print(f"label masks, overlays and damage reports in {args.out}")
 
@@ -317,6 +342,11 @@ def _evaluate(args: argparse.Namespace) -> None:
     from heritageseg.launch import run_jobs
 
     params = load_params(args.params)
+    if args.backend:
+        import dataclasses
+
+        evaluate = with_overrides(params.evaluate, backend=args.backend)
+        params = dataclasses.replace(params, evaluate=evaluate)
     split = args.split or params.evaluate.split
     archs = ARCHS if args.arch == "all" else (args.arch,)
     calls = [
@@ -389,6 +419,20 @@ def _report(args: argparse.Namespace) -> None:
 
         parents = log_report(params.tracking, out, Path(args.models))
         print(f"logged the report to MLflow run(s) {', '.join(parents) or '(none)'}")
+
+
+def _export_onnx(args: argparse.Namespace) -> None:
+    from heritageseg.backends import export_trained_onnx
+
+    folder = Path(args.models) / args.arch
+    name = "model.int8.onnx" if args.int8 else "model.onnx"
+    out = Path(args.out) if args.out else folder / name
+    check = export_trained_onnx(folder, out, int8=args.int8, cache=Path(args.cache))
+    print(
+        f"{args.arch}: {out} ({out.stat().st_size / 2**20:.1f} MB); onnxruntime vs eager on a "
+        f"random input: max |Δlogit| {check['max_abs_diff']:.2e}, "
+        f"agreement {check['agreement']:.4f}"
+    )
 
 
 def _summary(args: argparse.Namespace) -> None:
@@ -482,6 +526,37 @@ def _bench_train(args: argparse.Namespace) -> None:
         f"img/s, bare loop {figures['bare_img_s']:.2f} img/s, "
         f"overhead {figures['overhead_pct']:+.1f}%"
     )
+
+
+def _bench_infer(args: argparse.Namespace) -> None:
+    from heritageseg.backends import available_backends
+    from heritageseg.bench_infer import bench_infer, write_report
+
+    params = load_params(args.params)
+    figures = bench_infer(
+        params, args.archs, args.sizes, args.backends or available_backends(),
+        cache=Path(args.cache), models=Path(args.models), images=args.images,
+        rounds=args.rounds, batch_size=args.batch_size,
+    )  # fmt: skip
+    write_report(figures, Path(args.out))
+    for row in figures["rows"]:
+        print(
+            f"{row['arch']}@{row['size']} {row['backend']:<8}{row['img_s']:7.2f} img/s "
+            f"{row['speedup']:5.2f}x  agreement {row['agreement']:.4f}  "
+            f"ΔmIoU {row['miou_diff_points']:+.2f} pt"
+        )
+    print(f"written to {args.out}")
+    cfg = params.tracking
+    if cfg.enabled:
+        from heritageseg.bench_infer import loggable
+        from heritageseg.tracking import log_benchmark_run
+
+        out = Path(args.out)
+        files = [out, out.with_suffix(".json")]
+        run_id = log_benchmark_run(
+            cfg, "bench-infer", loggable(figures), [f for f in files if f.is_file()]
+        )
+        print(f"logged to MLflow run {run_id}")
 
 
 if __name__ == "__main__":

@@ -184,6 +184,7 @@ class TrainConfig:
 
 
 ARCHS = ("convnext", "segformer", "maxvit")
+Backend = Literal["eager", "bf16", "fp16", "compile", "onnx", "int8"]  # heritageseg.backends
 
 
 @dataclass(frozen=True)
@@ -194,6 +195,7 @@ class EvaluateConfig:
     tile_overlap: int = 32  # native: sliding-window overlap; the tile is the arch's image_size
     bootstrap: int = 1000  # resamples of test images for miou_ci95
     seed: int = 0
+    backend: Backend | None = None  # None: PyTorch at train.precision; else heritageseg.backends
 
 
 @dataclass(frozen=True)

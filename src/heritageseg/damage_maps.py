@@ -102,8 +102,11 @@ def _png(picture: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def write_damage_maps(images: Sequence[Path], model_uri: str, out: Path) -> list[dict]:
-    """Predict every image with the pyfunc model at `model_uri`; write the three files."""
+def write_damage_maps(
+    images: Sequence[Path], model_uri: str, out: Path, backend: str | None = None
+) -> list[dict]:
+    """Predict every image with the pyfunc model at `model_uri` (on `backend`, default: the
+    model's own); write the three files."""
     import mlflow.pyfunc
     import pandas as pd
 
@@ -119,6 +122,9 @@ def write_damage_maps(images: Sequence[Path], model_uri: str, out: Path) -> list
         model = mlflow.pyfunc.load_model(model_uri)
     except Exception as exc:
         raise HeritagesegError(f"cannot load model {model_uri}: {exc}") from None
+    segmenter = model.unwrap_python_model().segmenter
+    if backend is not None:
+        segmenter.use_backend(backend)
     name, version = model_identity(model_uri)
     reports = []
     for path in tqdm(images, desc="damage maps", unit="img"):
@@ -129,7 +135,7 @@ def write_damage_maps(images: Sequence[Path], model_uri: str, out: Path) -> list
             raise HeritagesegError(f"{path}: not a readable image ({exc})") from None
         result = model.predict(pd.DataFrame({"image": [encode_image(image)]}))
         mask = decode_mask(result["mask"].iloc[0])
-        report = damage_report(mask, name, version, str(path))
+        report = {**damage_report(mask, name, version, str(path)), "backend": segmenter.backend}
         atomic_write_bytes(out / f"{path.stem}.png", _png(Image.fromarray(mask, mode="L")))
         atomic_write_bytes(out / f"{path.stem}_overlay.png", _png(overlay(image, mask, report)))
         write_json(out / f"{path.stem}.json", report)

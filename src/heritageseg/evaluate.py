@@ -29,12 +29,12 @@ from heritageseg.config import ModelConfig, Params
 from heritageseg.data.artefact import decode_record, iter_parquet
 from heritageseg.data.cache import CacheDataset, read_split
 from heritageseg.data.transforms import eval_transform
-from heritageseg.engine import Precision, peak_memory_mb, resolve_precision
+from heritageseg.engine import peak_memory_mb, resolve_precision
 from heritageseg.errors import ConfigError, HeritagesegError
 from heritageseg.fileio import atomic_dir, write_json
-from heritageseg.infer import model_predictor, sliding_window_predict
+from heritageseg.infer import Predict, model_predictor, sliding_window_predict
 from heritageseg.metrics import bootstrap_miou, confusion, scores
-from heritageseg.models import build_model, count_parameters, fine_logits
+from heritageseg.models import build_model, count_parameters
 
 METRICS = "metrics.json"
 NATIVE_METRICS = "metrics_native.json"
@@ -76,9 +76,8 @@ def load_trained(model_dir: Path) -> tuple[torch.nn.Module, dict]:
 
 
 def score_prepared(
-    model: torch.nn.Module, cache: Path, split: str, config: dict, precision: Precision,
-    batch_size: int,
-) -> Scored:  # fmt: skip
+    predict: Predict, cache: Path, split: str, config: dict, batch_size: int
+) -> Scored:
     """Each cached sample of the split, grouped back into images (tiles of one id summed)."""
     norm = config["normalization"]
     dataset = CacheDataset(
@@ -91,9 +90,7 @@ def score_prepared(
     with torch.no_grad():
         for batch in loader:
             start = time.perf_counter()
-            with precision.autocast():
-                logits = fine_logits(model(batch["image"].to(_device(model))))
-                prediction = logits.argmax(dim=1).cpu()
+            prediction = predict(batch["image"]).argmax(dim=1)
             seconds += time.perf_counter() - start
             matrices += [
                 confusion(p, t).numpy() for p, t in zip(prediction, batch["mask"], strict=True)
@@ -104,15 +101,14 @@ def score_prepared(
 
 
 def score_native(
-    model: torch.nn.Module, raw: Path, split_ids: set[str], config: dict, precision: Precision,
-    batch_size: int, overlap: int,
+    predict: Predict, raw: Path, split_ids: set[str], config: dict, batch_size: int,
+    overlap: int,
 ) -> Scored:  # fmt: skip
     """Every original image of the split, predicted at full size by the sliding window."""
     norm = config["normalization"]
     tile = config["model"]["image_size"]
     if not 0 <= overlap < tile:
         raise ConfigError(f"evaluate.tile_overlap={overlap}: need 0 <= overlap < {tile} (tile)")
-    predict = model_predictor(model, precision.autocast)
     ids, matrices, seconds, images = [], [], 0.0, 0
     for record in _records(raw, split_ids):
         start = time.perf_counter()
@@ -167,30 +163,29 @@ def run_evaluation(
     model, config = load_trained(model_dir)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device)
-    precision = resolve_precision(params.train.precision, device)
+    predict = evaluation_predictor(
+        model, cfg.backend, device, params.train.precision, config, cache
+    )
     params_m = count_parameters(model)
     scored: dict[str, Scored] = {}
     if cfg.resolution in ("prepared", "both"):
-        scored["prepared"] = score_prepared(model, cache, split, config, precision, cfg.batch_size)
+        scored["prepared"] = score_prepared(predict, cache, split, config, cfg.batch_size)
     if cfg.resolution in ("native", "both"):
         table = read_split(splits / "split.csv")
         ids = set(table.loc[table["split"] == split, "id"])
-        scored["native"] = score_native(
-            model, raw, ids, config, precision, cfg.batch_size, cfg.tile_overlap
-        )
+        scored["native"] = score_native(predict, raw, ids, config, cfg.batch_size, cfg.tile_overlap)
     names = dict(zip(scored, (METRICS, NATIVE_METRICS), strict=False))
     documents = {
         names[key]: metrics_document(arch, split, result, params_m, cfg.bootstrap, cfg.seed, device)
         for key, result in scored.items()
     }
-    samples = predict_samples(model, cache, split, config, precision, SAMPLES)
+    samples = predict_samples(predict, cache, split, config, SAMPLES)
     return Evaluation(arch, split, scored, documents, samples)
 
 
 def predict_samples(
-    model: torch.nn.Module, cache: Path, split: str, config: dict, precision: Precision,
-    count: int,
-) -> list[viz.Sample]:  # fmt: skip
+    predict: Predict, cache: Path, split: str, config: dict, count: int
+) -> list[viz.Sample]:
     """`count` cached samples chosen to show as many classes as possible, with predictions."""
     norm = config["normalization"]
     size = config["model"]["image_size"]
@@ -208,8 +203,7 @@ def predict_samples(
     with torch.no_grad():
         for index in viz.select_samples(supports, count):
             item = dataset[index]
-            with precision.autocast():
-                logits = fine_logits(model(item["image"][None].to(_device(model))))
+            logits = predict(item["image"][None])
             image = ((item["image"] * std + mean) * 255).clamp(0, 255).byte()
             samples.append(
                 viz.Sample(
@@ -279,5 +273,18 @@ def pictures(evaluation: Evaluation) -> dict[str, bytes]:
     return out
 
 
-def _device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
+def evaluation_predictor(
+    model: torch.nn.Module, backend: str | None, device: torch.device, precision: str,
+    config: dict, cache: Path,
+) -> Predict:  # fmt: skip
+    """`evaluate.backend` null: PyTorch at `train.precision`, as results always were; else a
+    backend of heritageseg.backends (int8 calibrated on `cache`'s train images)."""
+    if backend is None:
+        return model_predictor(model, resolve_precision(precision, device).autocast)
+    from heritageseg.backends import build_predictor, calibration_images
+
+    size = config["model"]["image_size"]
+    calibration = None
+    if backend == "int8":
+        calibration = calibration_images(cache, size, config["normalization"])
+    return build_predictor(model, backend, device, size, calibration)

@@ -21,7 +21,7 @@ from heritageseg import viz
 from heritageseg.classes import CLASS_NAMES
 from heritageseg.errors import HeritagesegError
 from heritageseg.evaluate import METRICS, NATIVE_METRICS, PER_IMAGE, PLOTS
-from heritageseg.fileio import atomic_dir, write_json
+from heritageseg.fileio import atomic_dir, atomic_write_text, write_json
 from heritageseg.metrics import paired_bootstrap
 from heritageseg.models import family
 
@@ -344,26 +344,26 @@ def render_html(sections: list[Section]) -> str:
 def run_report(
     archs: list[str], *, metrics: Path, models: Path, out: Path, iterations: int, seed: int
 ) -> list[ArchResult]:  # fmt: skip
-    """Write reports/: benchmark.md, index.html, comparisons.json and figures/."""
+    """Write benchmark.md, index.html, comparisons.json and figures/ into `out` (other files
+    there, such as the inference benchmark's, are left alone)."""
     results = [r for r in (load_result(a, metrics, models) for a in archs) if r]
     if not results:
         raise HeritagesegError(
             f"no evaluated architecture under {metrics}: run `heritageseg evaluate` first"
         )
     comparisons = compare(results, iterations, seed)
-    with atomic_dir(out) as staging:
-        figures = staging / FIGURES
-        figures.mkdir()
-        paths = {}
-        for name, png in comparison_figures(results).items():
-            (figures / name).write_bytes(png)
-            paths[name] = figures / name
+    pictures = comparison_figures(results)
+    with atomic_dir(out / FIGURES) as staging:
+        for name, png in pictures.items():
+            (staging / name).write_bytes(png)
         for r in results:
             for name, source in r.plots.items():
-                (figures / f"{r.arch}_{name}").write_bytes(source.read_bytes())
-            r.plots = {name: figures / f"{r.arch}_{name}" for name in r.plots}
-        sections = build_sections(results, comparisons, paths)
-        (staging / "benchmark.md").write_text(render_markdown(sections, staging))
-        (staging / "index.html").write_text(render_html(sections))
-        write_json(staging / "comparisons.json", comparisons)
+                (staging / f"{r.arch}_{name}").write_bytes(source.read_bytes())
+    figures = out / FIGURES
+    for r in results:
+        r.plots = {name: figures / f"{r.arch}_{name}" for name in r.plots}
+    sections = build_sections(results, comparisons, {name: figures / name for name in pictures})
+    atomic_write_text(out / "benchmark.md", render_markdown(sections, out))
+    atomic_write_text(out / "index.html", render_html(sections))
+    write_json(out / "comparisons.json", comparisons)
     return results

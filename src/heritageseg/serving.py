@@ -24,7 +24,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from heritageseg.config import ModelConfig
-from heritageseg.infer import model_predictor, sliding_window_predict
+from heritageseg.infer import sliding_window_predict
 from heritageseg.models import build_model
 
 IMAGE_COLUMN = "image"
@@ -61,7 +61,9 @@ def _encode_mask(mask: np.ndarray) -> str:
 class Segmenter:
     """The network rebuilt from a model folder (config.json + model.safetensors)."""
 
-    def __init__(self, weights: Path, config: Path, overlap: int | None = None):
+    def __init__(
+        self, weights: Path, config: Path, overlap: int | None = None, backend: str | None = None
+    ):
         self.config = json.loads(Path(config).read_text())
         # the weights come from the file: never fetch pretrained ones
         model_cfg = ModelConfig(**{**self.config["model"], "encoder_weights": None})
@@ -71,11 +73,18 @@ class Segmenter:
         self.model = model.to(self.device).eval()
         self.tile = model_cfg.image_size
         self.overlap = self.tile // 8 if overlap is None else overlap
+        self.use_backend(backend)
+
+    def use_backend(self, backend: str | None) -> None:
+        """The inference backend (heritageseg.backends); None: predict's default."""
+        from heritageseg.backends import serving_predictor
+
+        self.backend, self.predict = serving_predictor(self.model, backend, self.device, self.tile)
 
     def labels(self, image: np.ndarray) -> np.ndarray:
         norm = self.config["normalization"]
         return sliding_window_predict(
-            model_predictor(self.model), image, tile=self.tile, overlap=self.overlap,
+            self.predict, image, tile=self.tile, overlap=self.overlap,
             num_classes=len(self.config["classes"]), mean=norm["mean"], std=norm["std"],
         )  # fmt: skip
 

@@ -433,6 +433,20 @@ def log_report(cfg: TrackingConfig, folder: Path, models: Path) -> list[str]:
     return parents
 
 
+def log_benchmark_run(cfg: TrackingConfig, name: str, metrics: dict[str, float],
+                      files: list[Path]) -> str:  # fmt: skip
+    """A standalone run of a benchmark command (e.g. `bench infer`): metrics and files."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    run = client.create_run(connect(cfg), run_name=name, tags=run_tags(name, None))
+    client.log_batch(run.info.run_id, metrics=_metrics(metrics))
+    for path in files:
+        client.log_artifact(run.info.run_id, str(path))
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
 def metrics_prefix(file_name: str, document: dict) -> str:
     """test / test_native (val / val_native): the metric names' prefix for a document."""
     split = document.get("split", "test")

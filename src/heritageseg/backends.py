@@ -1,0 +1,302 @@
+"""Inference backends: one trained model, several ways to run its forward pass.
+
+Every backend turns a model into a `Predict` function (normalised NCHW float batch -> fine
+logits, float32 on the CPU), so `infer.sliding_window_predict`, `evaluate` and `predict` take
+any of them. `eager` (fp32) is the reference the others are checked against:
+
+- `bf16`: bf16 autocast + channels_last on the CPU (native on CPUs with AVX512-BF16 or AMX).
+- `fp16`: fp16 autocast + channels_last on CUDA (errors elsewhere: a CPU has no fp16 units).
+- `compile`: `torch.compile` (inductor) under the device's half-precision autocast.
+- `onnx`: exported to ONNX (dynamic batch, height and width) and run by onnxruntime.
+- `int8`: the ONNX graph with static QDQ quantisation (per-channel weights, activations
+  calibrated on a few train images) run by onnxruntime.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import tempfile
+import typing
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from heritageseg.config import Backend
+from heritageseg.errors import HeritagesegError
+from heritageseg.infer import Predict, model_predictor
+from heritageseg.models import fine_logits
+
+BACKENDS: tuple[str, ...] = typing.get_args(Backend)
+# The fastest backend within 0.5 mIoU points of eager on this project's CPU at 384 px
+# (reports/inference.md: 3.4-3.7x for ConvNeXt-Tiny and MiT-B3). Needs its calibrated graph
+# (`export onnx --int8`); without one, `load_predictor`'s default falls back to exact `onnx`.
+DEFAULT_PREDICT_BACKEND = "int8"
+ONNX_OPSET = 18
+
+
+class BackendError(HeritagesegError):
+    """A backend that does not exist, or cannot run on this device."""
+
+
+def check_backend(name: str) -> str:
+    if name not in BACKENDS:
+        raise BackendError(f"unknown inference backend {name!r}; valid: {', '.join(BACKENDS)}")
+    return name
+
+
+def default_backend(device: torch.device) -> str:
+    """What `predict` uses unless told otherwise: fp16 on CUDA, the measured best on a CPU."""
+    return "fp16" if device.type == "cuda" else DEFAULT_PREDICT_BACKEND
+
+
+def build_predictor(
+    model: torch.nn.Module,
+    backend: str,
+    device: torch.device | str = "cpu",
+    example_size: int = 160,
+    calibration: torch.Tensor | None = None,
+) -> Predict:
+    """`model` (fine or hierarchical heads) run by `backend` on `device` as a `Predict`.
+
+    `example_size` is the side of the example input used to export or warm up; `calibration`
+    (normalised N x 3 x H x W) is what `int8` calibrates its activation ranges on.
+    """
+    check_backend(backend)
+    device = torch.device(device)
+    model = model.eval().to(device)
+    if backend == "eager":
+        return model_predictor(model)
+    if backend in ("bf16", "fp16"):
+        return _half_predictor(model, _half_dtype(backend, device), device)
+    if backend == "compile":
+        return _compiled_predictor(model, device)
+    if device.type != "cpu":
+        raise BackendError(f"backend {backend!r} runs on the CPU (onnxruntime); got {device}")
+    if backend == "int8" and calibration is None:
+        raise BackendError("backend int8 needs calibration images (calibration_images)")
+    graph = export_onnx_bytes(model, example_size)
+    if backend == "int8":
+        graph = quantize_int8(graph, calibration)
+    return onnx_predictor(graph)
+
+
+def _half_dtype(backend: str, device: torch.device) -> torch.dtype:
+    if backend == "fp16" and device.type != "cuda":
+        raise BackendError("backend fp16 needs CUDA; on the CPU use bf16")
+    return torch.float16 if backend == "fp16" else torch.bfloat16
+
+
+def _half_predictor(model: torch.nn.Module, dtype: torch.dtype, device: torch.device) -> Predict:
+    model = model.to(memory_format=torch.channels_last)
+
+    @torch.no_grad()
+    def predict(batch: torch.Tensor) -> torch.Tensor:
+        batch = batch.to(device).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=dtype):
+            return fine_logits(model(batch)).float().cpu()
+
+    return predict
+
+
+def _compiled_predictor(model: torch.nn.Module, device: torch.device) -> Predict:
+    """Inductor-compiled under half-precision autocast (fp32 where none is native)."""
+    from heritageseg.engine import resolve_precision
+
+    precision = resolve_precision("auto", device)
+    compiled = torch.compile(model.to(memory_format=torch.channels_last), dynamic=False)
+
+    @torch.no_grad()
+    def predict(batch: torch.Tensor) -> torch.Tensor:
+        batch = batch.to(device).contiguous(memory_format=torch.channels_last)
+        with precision.autocast():
+            return fine_logits(compiled(batch)).float().cpu()
+
+    return predict
+
+
+class _FineOnly(torch.nn.Module):
+    """The model with its fine logits as the single output, which ONNX needs."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return fine_logits(self.model(x))
+
+
+def export_onnx_bytes(model: torch.nn.Module, example_size: int) -> bytes:
+    """ONNX graph of `model` (input `image` N x 3 x H x W, output `logits`), fp32 weights.
+
+    The TorchScript exporter: it traces smp U-Nets with timm and MiT encoders in seconds and
+    keeps batch, height and width dynamic; the dynamo exporter is slower here and adds nothing.
+    """
+    example = torch.zeros(1, 3, example_size, example_size)
+    wrapped = _FineOnly(model.cpu()).eval()  # the exporter restores the wrapper's mode
+    buffer = io.BytesIO()
+    axes = {0: "batch", 2: "height", 3: "width"}
+    with torch.no_grad(), _quiet():
+        torch.onnx.export(
+            wrapped, (example,), buffer, input_names=["image"],
+            output_names=["logits"], dynamic_axes={"image": axes, "logits": axes},
+            opset_version=ONNX_OPSET, dynamo=False,
+        )  # fmt: skip
+    return buffer.getvalue()
+
+
+@contextlib.contextmanager
+def _quiet():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def quantize_int8(graph: bytes, calibration: torch.Tensor) -> bytes:
+    """Static QDQ int8: per-channel weights, activation ranges from `calibration` images."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter([{"image": c[None].numpy()} for c in calibration.float()])
+
+        def get_next(self) -> dict | None:
+            return next(self.items, None)
+
+    with tempfile.TemporaryDirectory() as folder:
+        source, prepared, target = (Path(folder) / n for n in ("a.onnx", "b.onnx", "c.onnx"))
+        source.write_bytes(graph)
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        quantize_static(
+            str(prepared), str(target), Reader(), quant_format=QuantFormat.QDQ,
+            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            op_types_to_quantize=["Conv", "MatMul", "Gemm"],
+        )  # fmt: skip
+        return target.read_bytes()
+
+
+def onnx_session(graph: bytes | str | Path, threads: int | None = None):
+    """An onnxruntime CPU session with full graph optimisation."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.log_severity_level = 3
+    source = graph if isinstance(graph, bytes) else str(graph)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def onnx_predictor(graph: bytes | str | Path) -> Predict:
+    session = onnx_session(graph)
+
+    def predict(batch: torch.Tensor) -> torch.Tensor:
+        (out,) = session.run(["logits"], {"image": batch.float().cpu().numpy()})
+        return torch.from_numpy(out)
+
+    return predict
+
+
+def agreement(reference: torch.Tensor, other: torch.Tensor) -> float:
+    """Share of pixels whose predicted class is the same in two logit batches."""
+    return float((reference.argmax(1) == other.argmax(1)).float().mean())
+
+
+def available_backends(device: torch.device | str = "cpu") -> list[str]:
+    """The backends that can run on `device` (fp16 only on CUDA, ONNX ones only on the CPU)."""
+    if torch.device(device).type == "cuda":
+        return ["eager", "fp16", "compile"]
+    return ["eager", "bf16", "compile", "onnx", "int8"]
+
+
+def calibration_images(cache: Path, size: int, normalization: dict, count: int = 16):
+    """`count` normalised train images spread over the split, for int8 calibration."""
+    from heritageseg.data.cache import CacheDataset
+    from heritageseg.data.transforms import eval_transform
+
+    transform = eval_transform(size, normalization["mean"], normalization["std"])
+    dataset = CacheDataset(cache, "train", transform)
+    if len(dataset) == 0:
+        raise HeritagesegError(f"{cache}: no train images to calibrate int8 on")
+    picks = np.linspace(0, len(dataset) - 1, min(count, len(dataset))).round().astype(int)
+    return torch.stack([dataset[int(i)]["image"] for i in picks])
+
+
+def export_trained_onnx(folder: Path, out: Path, *, int8: bool, cache: Path) -> dict:
+    """models/ARCH -> ONNX at `out` (written atomically) after checking it against eager."""
+    from heritageseg.evaluate import load_trained
+    from heritageseg.fileio import atomic_write_bytes
+
+    model, config = load_trained(folder)
+    size = config["model"]["image_size"]
+    graph = export_onnx_bytes(model, size)
+    if int8:
+        graph = quantize_int8(graph, calibration_images(cache, size, config["normalization"]))
+    example = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    reference = model_predictor(model)(example)
+    exported = onnx_predictor(graph)(example)
+    check = {
+        "max_abs_diff": float((reference - exported).abs().max()),
+        "agreement": agreement(reference, exported),
+    }
+    if not int8 and check["max_abs_diff"] > 1e-2:
+        raise BackendError(f"{out}: onnxruntime differs from eager by {check['max_abs_diff']:.3g}")
+    atomic_write_bytes(out, graph)
+    return check
+
+
+def serving_predictor(
+    model: torch.nn.Module, backend: str | None, device: torch.device | str, size: int
+) -> tuple[str, Predict]:
+    """(backend name, Predict) for a model served without calibration images (the MLflow
+    pyfunc): `backend`, or the default with int8 falling back to exact onnx."""
+    device = torch.device(device)
+    chosen = check_backend(backend or default_backend(device))
+    if chosen == "int8":
+        if backend is not None:
+            raise BackendError(
+                "int8 needs calibration images, which a served model does not carry: "
+                f"choose one of {', '.join(b for b in BACKENDS if b != 'int8')}"
+            )
+        chosen = "onnx"
+    return chosen, build_predictor(model, chosen, device, size)
+
+
+def load_predictor(
+    model_dir: Path, backend: str | None = None, device: torch.device | str = "cpu",
+    cache: Path | None = None,
+) -> tuple[Predict, dict]:  # fmt: skip
+    """A trained models/ARCH as (Predict, config.json) for `predict` and the MLflow pyfunc.
+
+    `backend` None is `default_backend(device)`. The ONNX backends reuse a graph written by
+    `heritageseg export onnx` next to the weights; int8 without one calibrates on `cache`.
+    """
+    from heritageseg.evaluate import load_trained
+
+    device = torch.device(device)
+    chosen = check_backend(backend or default_backend(device))
+    exported = model_dir / ("model.int8.onnx" if chosen == "int8" else "model.onnx")
+    if backend is None and chosen == "int8" and cache is None and not exported.is_file():
+        chosen, exported = "onnx", model_dir / "model.onnx"  # the default needs no calibration
+    backend = chosen
+    model, config = load_trained(model_dir)
+    if backend in ("onnx", "int8") and exported.is_file():
+        return onnx_predictor(exported), config
+    size = config["model"]["image_size"]
+    if backend == "int8" and cache is None:
+        raise BackendError(
+            f"{exported} not found: run `heritageseg export onnx --arch ARCH --int8` first"
+        )
+    calibration = None
+    if backend == "int8":
+        calibration = calibration_images(cache, size, config["normalization"])
+    return build_predictor(model, backend, device, size, calibration), config

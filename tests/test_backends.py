@@ -1,0 +1,190 @@
+"""Inference backends against eager fp32 on tiny models; ONNX export; `bench infer`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from heritageseg.backends import (
+    BACKENDS,
+    BackendError,
+    agreement,
+    available_backends,
+    build_predictor,
+    check_backend,
+    default_backend,
+    export_trained_onnx,
+)
+from heritageseg.bench_infer import loggable
+from heritageseg.checkpoint import save_weights
+from heritageseg.cli import main
+from heritageseg.config import ModelConfig
+from heritageseg.engine import _cpu_has_bf16
+from heritageseg.models import build_model
+
+SIZE = 64
+
+
+def _model(encoder: str = "tu-convnext_atto", head: str = "fine") -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model(ModelConfig(encoder=encoder, image_size=SIZE, head=head)).eval()
+
+
+def _batch(count: int = 2, size: int = SIZE) -> torch.Tensor:
+    return torch.randn(count, 3, size, size, generator=torch.Generator().manual_seed(1))
+
+
+def _relative_error(reference: torch.Tensor, other: torch.Tensor) -> float:
+    return float((reference - other).norm() / reference.norm())
+
+
+@pytest.mark.parametrize("encoder", ["tu-convnext_atto", "mit_b0"])
+def test_onnx_matches_eager_fp32_with_dynamic_batch_and_size(encoder: str):
+    model = _model(encoder)
+    eager = build_predictor(model, "eager")
+    onnx = build_predictor(model, "onnx", example_size=SIZE)
+    for batch in (_batch(1), _batch(3, size=96)):  # other batch and side than exported
+        reference = eager(batch)
+        assert _relative_error(reference, onnx(batch)) < 1e-4
+        assert agreement(reference, onnx(batch)) > 0.999
+
+
+def test_int8_keeps_logits_close_to_eager():
+    model = _model()
+    batch = _batch(4)
+    reference = build_predictor(model, "eager")(batch)
+    int8 = build_predictor(model, "int8", example_size=SIZE, calibration=batch)(batch)
+    assert _relative_error(reference, int8) < 0.25
+    assert agreement(reference, int8) > 0.8
+
+
+@pytest.mark.skipif(not _cpu_has_bf16(), reason="bf16 is emulated (slow) on this CPU")
+def test_bf16_agrees_with_eager_and_returns_fp32():
+    model = _model("mit_b0", head="hierarchical")
+    batch = _batch()
+    reference = build_predictor(model, "eager")(batch)
+    out = build_predictor(model, "bf16")(batch)
+    assert out.dtype == torch.float32 and out.shape == reference.shape
+    assert _relative_error(reference, out) < 0.05
+    assert agreement(reference, out) > 0.95
+
+
+@pytest.mark.slow
+def test_compiled_model_agrees_with_eager():
+    """A small conv net: inductor takes minutes on a U-Net on 2 busy cores."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.GELU(),
+        torch.nn.Conv2d(8, 16, 1),
+    ).eval()  # fmt: skip
+    batch = _batch()
+    reference = build_predictor(model, "eager")(batch)
+    out = build_predictor(model, "compile")(batch)
+    assert _relative_error(reference, out) < 0.05
+    assert agreement(reference, out) > 0.95
+
+
+def test_unknown_backend_lists_the_valid_ones():
+    with pytest.raises(BackendError, match="valid: eager, bf16, fp16, compile, onnx, int8"):
+        check_backend("tensorrt")
+    with pytest.raises(BackendError, match="needs CUDA"):
+        build_predictor(_model(), "fp16", "cpu")
+    with pytest.raises(BackendError, match="needs calibration images"):
+        build_predictor(_model(), "int8", "cpu")
+    assert set(available_backends("cpu")) <= set(BACKENDS)
+
+
+def test_cuda_selection_logic_with_mocked_cuda_device():
+    """No GPU here: only the choice is checked, on a torch.device that is never used."""
+    cuda = torch.device("cuda")
+    assert default_backend(cuda) == "fp16"
+    assert available_backends(cuda) == ["eager", "fp16", "compile"]
+    with pytest.raises(BackendError, match="runs on the CPU"):
+        build_predictor(_MockedCudaModel(), "onnx", cuda)
+
+
+class _MockedCudaModel(torch.nn.Module):
+    """Stands in for a model moved to a GPU, which this machine does not have."""
+
+    def to(self, *args, **kwargs):
+        return self
+
+
+def test_export_round_trip_writes_a_graph_that_matches_eager(tmp_path: Path):
+    model = _model()
+    config = {
+        "model": {"encoder": "tu-convnext_atto", "image_size": SIZE, "head": "fine"},
+        "normalization": {"mean": [0.5] * 3, "std": [0.25] * 3},
+    }
+    save_weights(model, tmp_path / "convnext", config)
+    out = tmp_path / "exported" / "model.onnx"
+    check = export_trained_onnx(tmp_path / "convnext", out, int8=False, cache=tmp_path)
+    assert out.is_file() and check["max_abs_diff"] < 1e-3 and check["agreement"] > 0.999
+    assert not list(out.parent.glob("*.tmp*"))
+
+
+def test_bench_infer_writes_every_row(tmp_path: Path, tiny_cache: Path):
+    params = tmp_path / "params.yaml"
+    params.write_text("train:\n  convnext:\n    image_size: 32\n")
+    report = tmp_path / "reports" / "inference.md"
+    backends = ["eager", "onnx", "int8"]
+    argv = ["--params", str(params), "bench", "infer", "--archs", "convnext", "--sizes", "32"]
+    argv += ["--backends", *backends, "--images", "2", "--rounds", "2", "--batch-size", "2"]
+    argv += ["--cache", str(tiny_cache), "--models", str(tmp_path), "--out", str(report)]
+    assert main(argv) == 0
+    text = report.read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| convnext |")]
+    assert [row.split("|")[5].strip() for row in rows] == backends
+    assert "| eager | " in text and "1.0000 | +0.00 |" in text  # eager agrees with itself
+    assert "## Best backend within 0.5 mIoU points" in text
+    figures = json.loads(report.with_suffix(".json").read_text())
+    assert len(loggable(figures)) == 6 * len(backends)
+
+
+@pytest.fixture(scope="module")
+def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from heritageseg.bench import prepare_bench_cache
+    from heritageseg.config import IngestConfig
+
+    folder = tmp_path_factory.mktemp("infer")
+    raw_cfg = IngestConfig(n=20, seed=0, min_size=64, max_size=96, workers=1)
+    return prepare_bench_cache(raw_cfg, folder, size=32)[1]
+
+
+def test_load_predictor_and_evaluate_use_the_chosen_backend(tmp_path: Path):
+    from heritageseg.backends import load_predictor
+    from heritageseg.evaluate import evaluation_predictor
+
+    model = _model()
+    config = {
+        "model": {"encoder": "tu-convnext_atto", "image_size": SIZE, "head": "fine"},
+        "normalization": {"mean": [0.5] * 3, "std": [0.25] * 3},
+    }
+    save_weights(model, tmp_path, config)
+    batch = _batch()
+    reference = build_predictor(model, "eager")(batch)
+    predict, loaded = load_predictor(tmp_path, "onnx")
+    assert loaded["model"]["image_size"] == SIZE
+    assert _relative_error(reference, predict(batch)) < 1e-4
+    with pytest.raises(BackendError, match="export onnx --arch ARCH --int8"):
+        load_predictor(tmp_path, "int8")
+    default, _ = load_predictor(tmp_path)  # int8 without a calibrated graph: exact onnx
+    assert _relative_error(reference, default(batch)) < 1e-4
+    as_trained = evaluation_predictor(model, None, torch.device("cpu"), "fp32", config, tmp_path)
+    assert torch.equal(as_trained(batch), reference)
+
+
+def test_int8_export_calibrates_on_the_train_split(tmp_path: Path, tiny_cache: Path):
+    config = {
+        "model": {"encoder": "tu-convnext_atto", "image_size": 32, "head": "fine"},
+        "normalization": {"mean": [0.5] * 3, "std": [0.25] * 3},
+    }
+    save_weights(_model(), tmp_path / "convnext", config)
+    argv = ["export", "onnx", "--arch", "convnext", "--models", str(tmp_path), "--int8"]
+    assert main([*argv, "--cache", str(tiny_cache)]) == 0
+    graph = tmp_path / "convnext" / "model.int8.onnx"
+    assert graph.is_file()
+    assert b"QuantizeLinear" in graph.read_bytes()
