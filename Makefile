@@ -28,6 +28,8 @@ test: lint
 repro: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 	$(BIN)/heritageseg summary
+	@echo
+	@echo "Every run is in MLflow: $(BIN)/heritageseg ui   then open http://127.0.0.1:5000"
 
 bench: setup
 	$(BIN)/heritageseg bench data

@@ -87,6 +87,7 @@ def test_dvc_repro_runs_every_stage_and_is_a_no_op_the_second_time(project: Path
     assert "up to date" in status.stdout
     _check_push_and_pull_restore_everything(project)
     _check_forced_rerun_gives_identical_scores(project)
+    _check_an_experiment_lands_in_mlflow(project)
 
 
 SPEED_KEYS = {"throughput_img_s", "latency_ms", "peak_mem_mb"}  # measurements, not results
@@ -146,3 +147,22 @@ def _assert_tracked_in_mlflow(project: Path) -> None:
         assert "test_miou" in runs[arch].data.metrics
     assert parent.data.tags["segformer.promotion.decision"] == "promoted"
     assert client.get_model_version_by_alias("heritageseg-segformer", "production")
+
+
+def _check_an_experiment_lands_in_mlflow(project: Path) -> None:
+    """`dvc exp run -S` trains the changed architecture again, tracked like any run."""
+    from mlflow.tracking import MlflowClient
+
+    (project / ".gitignore").write_text("/mlruns/\n")
+    _run(["git", "add", "-A"], project)
+    _run(["git", "-c", "user.name=test", "-c", "user.email=test@example.org", "commit", "-qm",
+          "baseline"], project)  # fmt: skip
+    _run([str(BIN / "dvc"), "exp", "run", "-S", "train.segformer.image_size=96"], project)
+    uri = f"sqlite:///{project}/mlruns/mlflow.db"
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("artefact-benchmark").experiment_id
+    sizes = [r.data.params.get("model.image_size") for r in client.search_runs([experiment])
+             if r.info.run_name == "segformer"]  # fmt: skip
+    assert "96" in sizes and "64" in sizes
+    shown = _run([str(BIN / "dvc"), "exp", "show", "--no-pager"], project).stdout
+    assert "train.segformer.image_size" in shown or "image_size" in shown

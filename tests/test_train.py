@@ -260,11 +260,11 @@ SCHEMA_KEYS = {
 CLASS_KEYS = {"iou", "dice", "precision", "recall", "f1", "support", "present"}
 
 
-def test_evaluate_writes_metrics_in_the_schema_at_both_resolutions(tiny, tmp_path):
+def _evaluated_segformer(tiny: Path, tmp_path: Path):
+    """segformer trained one epoch and evaluated on the tiny test split."""
     _train(tiny, tmp_path / "models" / "segformer", epochs=1)
-    params = load_params(tiny / "params.yaml")
-    evaluation = run_evaluation(
-        params,
+    return run_evaluation(
+        load_params(tiny / "params.yaml"),
         "segformer",
         cache=tiny / "data" / "cache",
         raw=tiny / "data" / "raw",
@@ -272,7 +272,10 @@ def test_evaluate_writes_metrics_in_the_schema_at_both_resolutions(tiny, tmp_pat
         model_dir=tmp_path / "models" / "segformer",
         split="test",
     )
-    documents = evaluation.documents
+
+
+def test_evaluate_writes_metrics_in_the_schema_at_both_resolutions(tiny, tmp_path):
+    documents = _evaluated_segformer(tiny, tmp_path).documents
     assert set(documents) == {"metrics.json", "metrics_native.json"}
     for document in documents.values():
         assert set(document) == SCHEMA_KEYS
@@ -292,16 +295,7 @@ def test_evaluate_writes_metrics_in_the_schema_at_both_resolutions(tiny, tmp_pat
 
 
 def test_evaluate_writes_per_image_matrices_per_class_table_and_pictures(tiny, tmp_path):
-    _train(tiny, tmp_path / "models" / "segformer", epochs=1)
-    evaluation = run_evaluation(
-        load_params(tiny / "params.yaml"),
-        "segformer",
-        cache=tiny / "data" / "cache",
-        raw=tiny / "data" / "raw",
-        splits=tiny / "data" / "splits",
-        model_dir=tmp_path / "models" / "segformer",
-        split="test",
-    )
+    evaluation = _evaluated_segformer(tiny, tmp_path)
     out = tmp_path / "metrics" / "segformer"
     write_evaluation(evaluation, out)
     saved = np.load(out / "per_image.npz")
