@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from heritageseg.metrics import ConfusionMatrix, bootstrap_miou, confusion, paired_bootstrap, scores
+from heritageseg.metrics import (
+    ConfusionMatrix,
+    bootstrap_miou,
+    confusion,
+    majority_baseline_miou,
+    paired_bootstrap,
+    scores,
+)
 
 
 def _names(n):
@@ -111,3 +118,12 @@ def test_paired_bootstrap_separates_a_consistent_winner_from_a_coin_flip():
 def test_paired_bootstrap_refuses_different_image_sets():
     with pytest.raises(ValueError, match="same images"):
         paired_bootstrap(np.zeros((3, 16, 16)), np.zeros((4, 16, 16)))
+
+
+def test_majority_baseline_labels_every_pixel_with_the_commonest_class():
+    matrix = np.zeros((16, 16), dtype=np.int64)
+    matrix[0, 0], matrix[0, 3] = 70, 10  # 80 Clean pixels
+    matrix[3, 3], matrix[5, 0] = 15, 5  # 15 class-3 and 5 class-5 pixels
+    # Everything called Clean: IoU(Clean) = 80 / 100, classes 3 and 5 get 0; 3 present.
+    assert majority_baseline_miou(matrix) == pytest.approx(0.8 / 3)
+    assert majority_baseline_miou(matrix) < scores(matrix)["miou"]

@@ -13,7 +13,7 @@ import pytest
 from heritageseg.config import load_params
 from heritageseg.errors import HeritagesegError
 from heritageseg.evaluate import run_evaluation, write_evaluation
-from heritageseg.metrics import paired_bootstrap
+from heritageseg.metrics import majority_baseline_miou, paired_bootstrap
 from heritageseg.report import run_report
 from heritageseg.train import run_training
 from tests.browser import distinct_colours, ink, screenshot
@@ -65,6 +65,9 @@ def test_markdown_has_the_results_table_comparisons_and_per_class_tables(evaluat
         row = next(line for line in text.splitlines() if line.startswith(f"| {arch} |"))
         assert f"{100 * document['miou']:.2f} [{100 * low:.2f}, {100 * high:.2f}]" in row
         assert "maxvit" not in row  # not evaluated: left out, not invented
+    floor = next(line for line in text.splitlines() if line.startswith("| no model |"))
+    matrix = json.loads((evaluated / "metrics" / "convnext" / "metrics.json").read_text())
+    assert f"| {100 * majority_baseline_miou(matrix['confusion_matrix']):.2f} |" in floor
     assert "## Pairwise differences (prepared resolution)" in text
     assert "## Pairwise differences (native resolution)" in text
     assert "| convnext − segformer |" in text

@@ -112,6 +112,19 @@ def miou(matrix: np.ndarray) -> float:
     return scores(matrix)["miou"]
 
 
+def majority_baseline_miou(matrix: np.ndarray) -> float:
+    """mIoU of labelling every scored pixel with the most frequent true class (no model).
+
+    The floor a trained model has to clear: on ARTeFACT-like data Clean dominates, so this
+    alone scores IoU(Clean) / number of present classes.
+    """
+    matrix = np.asarray(matrix, dtype=np.int64)
+    support = matrix.sum(axis=1)
+    baseline = np.zeros_like(matrix)
+    baseline[:, int(support.argmax())] = support
+    return miou(baseline)
+
+
 def bootstrap_miou(
     per_image: np.ndarray, iterations: int = 1000, seed: int = 0, level: float = 0.95
 ) -> tuple[float, float]:

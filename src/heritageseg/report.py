@@ -22,7 +22,7 @@ from heritageseg.classes import CLASS_NAMES
 from heritageseg.errors import HeritagesegError
 from heritageseg.evaluate import METRICS, NATIVE_METRICS, PER_IMAGE, PLOTS
 from heritageseg.fileio import atomic_dir, atomic_write_text, write_json
-from heritageseg.metrics import paired_bootstrap
+from heritageseg.metrics import majority_baseline_miou, paired_bootstrap
 from heritageseg.models import family
 
 RESOLUTIONS = {"prepared": METRICS, "native": NATIVE_METRICS}
@@ -148,7 +148,18 @@ def results_table(results: list[ArchResult]) -> Table:
             _pct(prepared["pixel_accuracy"]), f"{prepared['throughput_img_s']:.1f}",
             f"{prepared['latency_ms']:.1f}", f"{r.training['train_seconds']:.0f}",
         ])  # fmt: skip
-    return Table(header, rows)
+    return Table(header, [*rows, _no_model_row(results[0], len(header))])
+
+
+def _no_model_row(result: ArchResult, width: int) -> list[str]:
+    """The floor: every scored pixel labelled with the commonest class, no model at all."""
+    floors = {
+        k: _pct(majority_baseline_miou(d["confusion_matrix"])) for k, d in result.metrics.items()
+    }
+    prepared = floors.get("prepared") or floors["native"]
+    native = floors["native"] if "native" in floors and "prepared" in floors else "-"
+    row = ["no model", "-", "commonest class everywhere", "0", prepared, native]
+    return row + ["-"] * (width - len(row))
 
 
 def comparison_table(pairs: list[dict]) -> Table:
@@ -215,7 +226,8 @@ def build_sections(
             f"Scores on the {split} split, at the prepared (cached) size and at native "
             "resolution (sliding window over the full-size image). Intervals: 95 % bootstrap "
             "over test images. img/s and ms/img: prepared-size inference at the evaluation "
-            "batch size; train s: wall time of training.",
+            "batch size; train s: wall time of training. The last row is the floor a model "
+            "must clear: no model, every scored pixel labelled with the commonest class.",
             [results_table(results)],
         )
     ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from heritageseg.classes import CLASS_NAMES
+from heritageseg.metrics import majority_baseline_miou
 
 
 def dataset_summary(manifest: dict) -> str:
@@ -46,4 +47,16 @@ def results_summary(rows: list[dict]) -> str:
             f"{100 * row['best_val_miou']:>9.2f}%{test:>24}{native:>9}"
             f"{row['train_seconds']:>9.0f}{row['train_images_per_s']:>8.1f}"
         )
-    return "\n".join(lines)
+    floors = baseline_line([row["test"] for row in rows if "test" in row])
+    return "\n".join([*lines, floors] if floors else lines)
+
+
+def baseline_line(documents: list[dict]) -> str:
+    """What the test mIoU of no model at all would be, so a score can be read against it."""
+    floors = sorted(
+        {round(100 * majority_baseline_miou(d["confusion_matrix"]), 2) for d in documents}
+    )
+    if not floors:
+        return ""
+    shown = " / ".join(f"{f:.2f}%" for f in floors)
+    return f"no model (every pixel labelled with the commonest test class): test mIoU {shown}"
