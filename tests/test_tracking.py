@@ -238,12 +238,15 @@ def test_production_model_predicts_damage_maps_in_a_fresh_process(tracked, store
     assert same.mean() > 0.99  # onnxruntime and eager PyTorch agree to ~1e-6 in the logits
 
 
-def test_a_benchmark_command_run_keeps_its_figures_and_files(tmp_path):
+def test_a_benchmark_command_run_keeps_its_figures_and_files(tmp_path, monkeypatch):
+    """Logged into the store the params name, whatever store MLflow pointed at before."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    own = f"sqlite:///{tmp_path}/own.db"
     table = tmp_path / "inference.md"
     table.write_text("| backend | img/s |\n")
     figures = {"infer/segformer/160/bf16/speedup": 1.7, "infer/segformer/160/bf16/img_s": 30.0}
-    run_id = tracking.log_benchmark_run(TrackingConfig(), "bench-infer", figures, [table])
-    client = MlflowClient()
+    run_id = tracking.log_benchmark_run(TrackingConfig(uri=own), "bench-infer", figures, [table])
+    client = MlflowClient(own)
     run = client.get_run(run_id)
     assert run.data.metrics == figures and run.info.status == "FINISHED"
     assert [a.path for a in client.list_artifacts(run_id)] == ["inference.md"]

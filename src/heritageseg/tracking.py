@@ -438,8 +438,9 @@ def log_benchmark_run(cfg: TrackingConfig, name: str, metrics: dict[str, float],
     """A standalone run of a benchmark command (e.g. `bench infer`): metrics and files."""
     from mlflow.tracking import MlflowClient
 
+    experiment_id = connect(cfg)  # sets the tracking URI the client below must use
     client = MlflowClient()
-    run = client.create_run(connect(cfg), run_name=name, tags=run_tags(name, None))
+    run = client.create_run(experiment_id, run_name=name, tags=run_tags(name, None))
     client.log_batch(run.info.run_id, metrics=_metrics(metrics))
     for path in files:
         client.log_artifact(run.info.run_id, str(path))
