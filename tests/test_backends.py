@@ -87,13 +87,35 @@ def test_compiled_model_agrees_with_eager():
     assert agreement(reference, out) > 0.95
 
 
+@pytest.mark.slow
+def test_inductor_int8_agrees_with_eager_for_any_batch_and_refuses_other_sizes():
+    """A small conv + linear net (a U-Net compiles for minutes on 2 busy cores); 5 images
+    are one batch of 4 and one zero-padded to 4."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(32, 8, 1),
+    ).eval()  # fmt: skip
+    calibration, batch = _batch(8), _batch(5)
+    reference = build_predictor(model, "eager")(batch)
+    predict = build_predictor(model, "int8-inductor", calibration=calibration)
+    out = predict(batch)
+    assert out.shape == reference.shape and out.dtype == torch.float32
+    assert _relative_error(reference, out) < 0.1
+    assert agreement(reference, out) > 0.9
+    assert torch.equal(predict(batch[:1]), out[:1])  # padding changes nothing
+    with pytest.raises(BackendError, match="compiled for 64x64 inputs, got 96x96"):
+        predict(_batch(1, size=96))
+
+
 def test_unknown_backend_lists_the_valid_ones():
     with pytest.raises(BackendError, match="valid: eager, bf16, fp16, compile, onnx, int8"):
         check_backend("tensorrt")
     with pytest.raises(BackendError, match="needs CUDA"):
         build_predictor(_model(), "fp16", "cpu")
-    with pytest.raises(BackendError, match="needs calibration images"):
-        build_predictor(_model(), "int8", "cpu")
+    for calibrated in ("int8", "int8-inductor"):
+        with pytest.raises(BackendError, match=f"{calibrated} needs calibration images"):
+            build_predictor(_model(), calibrated, "cpu")
     assert set(available_backends("cpu")) <= set(BACKENDS)
 
 

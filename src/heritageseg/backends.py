@@ -10,6 +10,10 @@ any of them. `eager` (fp32) is the reference the others are checked against:
 - `onnx`: exported to ONNX (dynamic batch, height and width) and run by onnxruntime.
 - `int8`: the ONNX graph with static QDQ quantisation (per-channel weights, activations
   calibrated on a few train images) run by onnxruntime.
+- `int8-inductor`: static int8 in PyTorch itself: `torch.export`, torchao's PT2E
+  `X86InductorQuantizer` (per-channel weights, calibrated activations), compiled by inductor
+  into oneDNN int8 kernels. The fastest on x86 CPUs with VNNI (3-4x eager at 384 px), but it
+  compiles for one input size and costs 30-110 s of compilation on two cores.
 """
 
 from __future__ import annotations
@@ -29,10 +33,14 @@ from heritageseg.infer import Predict, model_predictor
 from heritageseg.models import fine_logits
 
 BACKENDS: tuple[str, ...] = typing.get_args(Backend)
-# The fastest backend within 0.5 mIoU points of eager on this project's CPU at 384 px
-# (reports/inference.md: 3.4-3.7x for ConvNeXt-Tiny and MiT-B3). Needs its calibrated graph
-# (`export onnx --int8`); without one, `load_predictor`'s default falls back to exact `onnx`.
+# `predict`'s default on a CPU: the fastest backend within 0.5 mIoU points that needs no
+# compilation at start-up (reports/inference.md: 2.4x / 1.4x eager for ConvNeXt-Tiny / MiT-B3
+# at 384 px; int8-inductor is 4.4x / 2.9x but compiles for 30-110 s, which a handful of
+# images never earns back). Needs its calibrated graph (`export onnx --int8`); without one,
+# `load_predictor`'s default falls back to exact `onnx`.
 DEFAULT_PREDICT_BACKEND = "int8"
+CALIBRATED = ("int8", "int8-inductor")  # need calibration images to build
+INDUCTOR_BATCH = 4  # int8-inductor's compiled batch size
 ONNX_OPSET = 18
 
 
@@ -73,9 +81,11 @@ def build_predictor(
     if backend == "compile":
         return _compiled_predictor(model, device)
     if device.type != "cpu":
-        raise BackendError(f"backend {backend!r} runs on the CPU (onnxruntime); got {device}")
-    if backend == "int8" and calibration is None:
-        raise BackendError("backend int8 needs calibration images (calibration_images)")
+        raise BackendError(f"backend {backend!r} runs on the CPU; got {device}")
+    if backend in CALIBRATED and calibration is None:
+        raise BackendError(f"backend {backend} needs calibration images (calibration_images)")
+    if backend == "int8-inductor":
+        return _inductor_int8_predictor(model, calibration)
     graph = export_onnx_bytes(model, example_size)
     if backend == "int8":
         graph = quantize_int8(graph, calibration)
@@ -114,6 +124,60 @@ def _compiled_predictor(model: torch.nn.Module, device: torch.device) -> Predict
             return fine_logits(compiled(batch)).float().cpu()
 
     return predict
+
+
+def _inductor_int8_predictor(model: torch.nn.Module, calibration: torch.Tensor) -> Predict:
+    """PT2E static int8 (x86 inductor quantizer), compiled for `calibration`'s image size.
+
+    Exported and compiled for batches of `INDUCTOR_BATCH`: calls are cut or zero-padded to
+    it, so no batch size ever triggers a second (long) compilation.
+    """
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
+
+    size = tuple(calibration.shape[-2:])
+    chunks = calibration.float().split(INDUCTOR_BATCH)
+    with torch.no_grad(), _quiet():
+        exported = torch.export.export(
+            _FineOnly(model.cpu()).eval(), (_pad(chunks[0], INDUCTOR_BATCH),)
+        ).module()
+        quantizer = x86.X86InductorQuantizer()
+        quantizer.set_global(x86.get_default_x86_inductor_quantization_config())
+        prepared = prepare_pt2e(exported, quantizer)
+        for chunk in chunks:
+            prepared(_pad(chunk, INDUCTOR_BATCH))
+        quantized = convert_pt2e(prepared)
+        compiled = torch.compile(quantized, dynamic=False)
+
+    @torch.no_grad()
+    def predict(images: torch.Tensor) -> torch.Tensor:
+        if tuple(images.shape[-2:]) != size:
+            raise BackendError(
+                f"int8-inductor was compiled for {size[0]}x{size[1]} inputs, got "
+                f"{images.shape[-2]}x{images.shape[-1]}: build it for that size"
+            )
+        outs = []
+        with _freezing(), _quiet():
+            for chunk in images.float().cpu().split(INDUCTOR_BATCH):
+                outs.append(compiled(_pad(chunk, INDUCTOR_BATCH))[: len(chunk)].float())
+        return torch.cat(outs)
+
+    return predict
+
+
+def _pad(batch: torch.Tensor, size: int) -> torch.Tensor:
+    """`batch` with zero images appended up to `size`."""
+    missing = size - len(batch)
+    return torch.cat([batch, batch.new_zeros(missing, *batch.shape[1:])]) if missing else batch
+
+
+@contextlib.contextmanager
+def _freezing():
+    """Inductor's weight freezing, which its int8 lowering needs, only while we compile."""
+    import torch._inductor.config as inductor
+
+    with inductor.patch(freezing=True):
+        yield
 
 
 class _FineOnly(torch.nn.Module):
@@ -215,7 +279,7 @@ def available_backends(device: torch.device | str = "cpu") -> list[str]:
     """The backends that can run on `device` (fp16 only on CUDA, ONNX ones only on the CPU)."""
     if torch.device(device).type == "cuda":
         return ["eager", "fp16", "compile"]
-    return ["eager", "bf16", "compile", "onnx", "int8"]
+    return ["eager", "bf16", "compile", "onnx", "int8", "int8-inductor"]
 
 
 def calibration_images(cache: Path, size: int, normalization: dict, count: int = 16):
@@ -261,11 +325,11 @@ def serving_predictor(
     pyfunc): `backend`, or the default with int8 falling back to exact onnx."""
     device = torch.device(device)
     chosen = check_backend(backend or default_backend(device))
-    if chosen == "int8":
+    if chosen in CALIBRATED:
         if backend is not None:
             raise BackendError(
-                "int8 needs calibration images, which a served model does not carry: "
-                f"choose one of {', '.join(b for b in BACKENDS if b != 'int8')}"
+                f"{chosen} needs calibration images, which a served model does not carry: "
+                f"choose one of {', '.join(b for b in BACKENDS if b not in CALIBRATED)}"
             )
         chosen = "onnx"
     return chosen, build_predictor(model, chosen, device, size)
@@ -296,7 +360,9 @@ def load_predictor(
         raise BackendError(
             f"{exported} not found: run `heritageseg export onnx --arch ARCH --int8` first"
         )
+    if backend == "int8-inductor" and cache is None:
+        raise BackendError("int8-inductor calibrates on train images: give the prepared cache")
     calibration = None
-    if backend == "int8":
+    if backend in CALIBRATED:
         calibration = calibration_images(cache, size, config["normalization"])
     return build_predictor(model, backend, device, size, calibration), config

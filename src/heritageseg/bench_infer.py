@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from heritageseg.backends import build_predictor, check_backend
+from heritageseg.backends import build_predictor, calibration_images, check_backend
 from heritageseg.config import ModelConfig, Params
 from heritageseg.data.cache import CacheDataset
 from heritageseg.data.transforms import eval_transform
@@ -129,12 +129,15 @@ def bench_arch_size(
     """One row per backend for `arch` at `size`; eager first, ratios within each round."""
     chosen = bench_model(params, arch, size, models)
     x, masks = cached_test_images(cache, size, chosen.normalization, images)
+    calibration = calibration_images(cache, size, chosen.normalization)  # train, never test
     names = ["eager", *[b for b in backends if b != "eager"]]
     predictors, build_s, memory = {}, {}, {}
     for name in names:
         start = time.perf_counter()
         with _PeakRss() as rss:
-            predictors[name] = build_predictor(chosen.model, name, "cpu", size, calibration=x)
+            predictors[name] = build_predictor(
+                chosen.model, name, "cpu", size, calibration=calibration
+            )
             predictors[name](x[:batch_size])  # warm-up (and compilation)
         build_s[name], memory[name] = time.perf_counter() - start, rss.mb
     labels, seconds = {}, {name: [] for name in names}

@@ -184,7 +184,9 @@ class TrainConfig:
 
 
 ARCHS = ("convnext", "segformer", "maxvit")
-Backend = Literal["eager", "bf16", "fp16", "compile", "onnx", "int8"]  # heritageseg.backends
+Backend = Literal[
+    "eager", "bf16", "fp16", "compile", "onnx", "int8", "int8-inductor"
+]  # heritageseg.backends
 
 
 @dataclass(frozen=True)

@@ -281,10 +281,10 @@ def evaluation_predictor(
     backend of heritageseg.backends (int8 calibrated on `cache`'s train images)."""
     if backend is None:
         return model_predictor(model, resolve_precision(precision, device).autocast)
-    from heritageseg.backends import build_predictor, calibration_images
+    from heritageseg.backends import CALIBRATED, build_predictor, calibration_images
 
     size = config["model"]["image_size"]
     calibration = None
-    if backend == "int8":
+    if backend in CALIBRATED:
         calibration = calibration_images(cache, size, config["normalization"])
     return build_predictor(model, backend, device, size, calibration)
