@@ -245,7 +245,14 @@ def test_a_benchmark_command_run_keeps_its_figures_and_files(tmp_path, monkeypat
     table = tmp_path / "inference.md"
     table.write_text("| backend | img/s |\n")
     figures = {"infer/segformer/160/bf16/speedup": 1.7, "infer/segformer/160/bf16/img_s": 30.0}
-    run_id = tracking.log_benchmark_run(TrackingConfig(uri=own), "bench-infer", figures, [table])
+    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    try:
+        run_id = tracking.log_benchmark_run(
+            TrackingConfig(uri=own), "bench-infer", figures, [table]
+        )
+    finally:  # connect() points MLflow at `own` for the whole process: restore the others' store
+        mlflow.set_tracking_uri(previous[0])
+        mlflow.set_registry_uri(previous[1])
     client = MlflowClient(own)
     run = client.get_run(run_id)
     assert run.data.metrics == figures and run.info.status == "FINISHED"
