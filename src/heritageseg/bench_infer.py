@@ -18,7 +18,12 @@ from pathlib import Path
 
 import torch
 
-from heritageseg.backends import build_predictor, calibration_images, check_backend
+from heritageseg.backends import (
+    CALIBRATED,
+    build_predictor,
+    calibration_images,
+    check_backend,
+)
 from heritageseg.config import ModelConfig, Params
 from heritageseg.data.cache import CacheDataset
 from heritageseg.data.transforms import eval_transform
@@ -129,7 +134,9 @@ def bench_arch_size(
     """One row per backend for `arch` at `size`; eager first, ratios within each round."""
     chosen = bench_model(params, arch, size, models)
     x, masks = cached_test_images(cache, size, chosen.normalization, images)
-    calibration = calibration_images(cache, size, chosen.normalization)  # train, never test
+    calibration = None  # train images, never the test images being scored
+    if any(b in CALIBRATED for b in backends):
+        calibration = calibration_images(cache, size, chosen.normalization)
     names = ["eager", *[b for b in backends if b != "eager"]]
     predictors, build_s, memory = {}, {}, {}
     for name in names:
