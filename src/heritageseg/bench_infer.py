@@ -33,7 +33,7 @@ from heritageseg.metrics import confusion, scores
 from heritageseg.models import build_model
 
 IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
-# The reference's encoders at its 384 px; the default small ones at their 160 px.
+# The reference's encoders at its 384 px; at their own image_size, the params' small ones.
 REFERENCE_ENCODERS = {
     "convnext": "tu-convnext_tiny",
     "segformer": "mit_b3",

@@ -147,7 +147,9 @@ def _build_parser() -> argparse.ArgumentParser:
     bench_train.set_defaults(handler=_bench_train)
     bench_infer = bench_kinds.add_parser("infer", help="inference backends vs eager fp32")
     bench_infer.add_argument("--archs", nargs="+", choices=ARCHS, default=["convnext", "segformer"])
-    bench_infer.add_argument("--sizes", nargs="+", type=int, default=[160, 384])
+    bench_infer.add_argument(
+        "--sizes", nargs="+", type=int, help="default: the archs' train.ARCH.image_size and 384"
+    )
     bench_infer.add_argument("--backends", nargs="+", help="default: all that run here")
     bench_infer.add_argument("--cache", default="data/cache", help="test split to score on")
     bench_infer.add_argument("--models", default="models", help="trained models, when present")
@@ -533,8 +535,9 @@ def _bench_infer(args: argparse.Namespace) -> None:
     from heritageseg.bench_infer import bench_infer, write_report
 
     params = load_params(args.params)
+    sizes = args.sizes or sorted({*(params.train.model(a).image_size for a in args.archs), 384})
     figures = bench_infer(
-        params, args.archs, args.sizes, args.backends or available_backends(),
+        params, args.archs, sizes, args.backends or available_backends(),
         cache=Path(args.cache), models=Path(args.models), images=args.images,
         rounds=args.rounds, batch_size=args.batch_size,
     )  # fmt: skip
