@@ -30,6 +30,12 @@ def test_the_projects_params_yaml_loads():
         ("ingest:\n  min_size: 500\n  max_size: 100\n", "min_size <= max_size"),
         ("ingest: [1, 2]\n", "expected a mapping"),
         ("ingest: {n: [\n", "not valid YAML"),
+        ("train:\n  segformer:\n    decoder_channels: 64\n", "expected a list"),
+        ("train:\n  segformer:\n    decoder_channels: [64, 32]\n", "unet takes 5 positive"),
+        (
+            "train:\n  segformer:\n    decoder: segformer\n    decoder_channels: [64, 32]\n",
+            "segformer takes 1 positive",
+        ),
     ],
 )
 def test_bad_params_name_the_key(tmp_path, text, message):

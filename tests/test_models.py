@@ -166,6 +166,19 @@ def test_count_parameters_of_mit_b0_unet() -> None:
     assert count_parameters(build_model(_config(MIT))) == pytest.approx(5.6, abs=0.1)
 
 
+SLIM_DECODERS = [("unet", (64, 32, 16, 16, 8)), ("segformer", (64,)), ("upernet", (32,))]
+
+
+@pytest.mark.parametrize(("decoder", "channels"), SLIM_DECODERS)
+def test_decoder_channels_set_the_decoder_widths(decoder: str, channels: tuple) -> None:
+    default = build_model(_config(MIT, decoder))
+    slim = build_model(_config(MIT, decoder, decoder_channels=channels))
+    width = slim.segmentation_head[0].in_channels
+    assert width == channels[-1] != default.segmentation_head[0].in_channels
+    assert count_parameters(slim) < count_parameters(default)
+    _train_step(slim)
+
+
 @pytest.mark.parametrize("head", ["fine", "hierarchical"])
 def test_a_few_steps_on_one_batch_lower_the_loss(head: str) -> None:
     torch.manual_seed(0)

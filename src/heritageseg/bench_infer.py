@@ -67,6 +67,7 @@ def bench_model(params: Params, arch: str, size: int, models: Path) -> BenchMode
     torch.manual_seed(params.train.seed)
     model_cfg = ModelConfig(
         encoder=encoder, decoder=cfg.decoder, encoder_weights=None, head=cfg.head,
+        decoder_channels=cfg.decoder_channels if encoder == cfg.encoder else None,
         image_size=size, batch_size=cfg.batch_size, lr=None,
     )  # fmt: skip
     return BenchModel(build_model(model_cfg).eval(), encoder, False, IMAGENET)

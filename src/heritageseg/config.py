@@ -123,6 +123,7 @@ class ModelConfig:
     encoder: str = "mit_b0"
     decoder: Literal["unet", "upernet", "segformer"] = "unet"
     encoder_weights: Literal["imagenet"] | None = None
+    decoder_channels: tuple[int, ...] | None = None  # None: smp's default widths
     head: Literal["fine", "hierarchical"] = "fine"
     image_size: int = 160
     batch_size: int = 16
@@ -133,6 +134,21 @@ class ModelConfig:
             raise ConfigError(f"image_size={self.image_size}: need a multiple of 32")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size={self.batch_size}: need at least 1")
+        if self.decoder_channels is not None:
+            _check_decoder_channels(self.decoder, tuple(self.decoder_channels))
+
+
+DECODER_STAGES = {"unet": 5, "upernet": 1, "segformer": 1}
+"""How many widths `decoder_channels` lists per decoder: one per U-Net stage, else one."""
+
+
+def _check_decoder_channels(decoder: str, channels: tuple) -> None:
+    stages = DECODER_STAGES.get(decoder, 1)
+    if len(channels) != stages or not all(isinstance(c, int) and c > 0 for c in channels):
+        raise ConfigError(
+            f"decoder_channels={list(channels)}: {decoder} takes {stages} positive "
+            f"width(s), e.g. {[256, 128, 64, 32, 16][:stages]}; or null for the default"
+        )
 
 
 @dataclass(frozen=True)
@@ -289,7 +305,11 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         return _coerce(inner, value, where)
     if origin is tuple:
         kinds = typing.get_args(hint)
-        if not isinstance(value, list | tuple) or len(value) != len(kinds):
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}={value!r}: expected a list")
+        if len(kinds) == 2 and kinds[1] is Ellipsis:  # tuple[X, ...]: any length
+            kinds = (kinds[0],) * len(value)
+        if len(value) != len(kinds):
             raise ConfigError(f"{where}={value!r}: expected a list of {len(kinds)} values")
         return tuple(
             _coerce(k, v, f"{where}[{i}]")

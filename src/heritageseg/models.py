@@ -128,6 +128,8 @@ def build_model(cfg: ModelConfig, num_classes: int = NUM_CLASSES) -> nn.Module:
         "classes": num_classes,
         "encoder_weights": _smp_weights(cfg.encoder, cfg.encoder_weights),
     }
+    if cfg.decoder_channels is not None:
+        kwargs.update(_decoder_widths(cfg.decoder, cfg.decoder_channels))
     if _fixed_input_size(cfg.encoder):
         kwargs["img_size"] = cfg.image_size
     if kwargs["encoder_weights"] is None:
@@ -136,6 +138,16 @@ def build_model(cfg: ModelConfig, num_classes: int = NUM_CLASSES) -> nn.Module:
         return wrap(decoder(**kwargs))
     except (OSError, RuntimeError) as exc:
         raise ConfigError(_weights_error(cfg.encoder, _reason(exc))) from exc
+
+
+def _decoder_widths(decoder: str, channels: tuple[int, ...]) -> dict[str, Any]:
+    """smp's keyword for `decoder_channels` (validated by ModelConfig): U-Net takes one width
+    per stage, UPerNet and SegFormer a single width."""
+    if decoder == "unet":
+        return {"decoder_channels": tuple(channels)}
+    if decoder == "upernet":
+        return {"decoder_channels": channels[0]}
+    return {"decoder_segmentation_channels": channels[0]}
 
 
 def fine_logits(output: torch.Tensor | Mapping[str, torch.Tensor]) -> torch.Tensor:
