@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch.utils.data
 from PIL import Image
 from tqdm import tqdm
 
@@ -237,11 +236,13 @@ def iter_masks(folder: Path, split: str, chunk: int = 64) -> Iterator[np.ndarray
         yield np.asarray(masks[rows[start : start + chunk]])
 
 
-class CacheDataset(torch.utils.data.Dataset):
-    """The samples of one split, read from the memmap.
+class CacheDataset:
+    """The samples of one split, read from the memmap: a map-style dataset for DataLoader.
 
     The arrays are mapped lazily, in whichever process reads first, so every DataLoader
-    worker maps the files itself and all of them share the page cache.
+    worker maps the files itself and all of them share the page cache. It needs only
+    `__len__` and `__getitem__`, so this module does not import torch: `prepare`, `weights`
+    and their spawned workers start without paying torch's import time.
     """
 
     def __init__(self, folder: str | Path, split: str | None = None, transform=None):
