@@ -11,6 +11,8 @@ from heritageseg.metrics import (
     bootstrap_miou,
     confusion,
     majority_baseline_miou,
+    miou,
+    mious,
     paired_bootstrap,
     scores,
 )
@@ -127,3 +129,13 @@ def test_majority_baseline_labels_every_pixel_with_the_commonest_class():
     # Everything called Clean: IoU(Clean) = 80 / 100, classes 3 and 5 get 0; 3 present.
     assert majority_baseline_miou(matrix) == pytest.approx(0.8 / 3)
     assert majority_baseline_miou(matrix) < scores(matrix)["miou"]
+
+
+def test_vectorised_mious_equal_miou_of_each_matrix():
+    rng = np.random.default_rng(3)
+    matrices = rng.integers(0, 50, size=(40, 16, 16)) * (rng.random((40, 16, 16)) < 0.2)
+    matrices[0] = 0  # nothing present: 0, as miou gives
+    matrices[1, 3:] = 0
+    matrices[1, :, 3:] = 0  # only three classes present
+    expected = [miou(m) for m in matrices]
+    assert mious(matrices) == pytest.approx(expected, abs=1e-12)
