@@ -44,8 +44,8 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (copy / "data").mkdir()
     shutil.copy(ROOT / "data" / ".gitignore", copy / "data" / ".gitignore")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["ingest"].update(n=12, min_size=64, max_size=96, rows_per_shard=4)
-    params["prepare"].update(size=64)
+    params["ingest"].update(n=12, min_size=64, max_size=96, rows_per_shard=4, workers=1)
+    params["prepare"].update(size=64, workers=1)  # 12 records: no process pool to start
     params["train"].update(epochs=1, num_workers=0)
     for arch in ARCHS:
         params["train"][arch].update(image_size=64, batch_size=4)
