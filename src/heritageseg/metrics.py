@@ -193,12 +193,9 @@ def mious(matrices: np.ndarray) -> np.ndarray:
     true_positive = np.diagonal(matrices, axis1=1, axis2=2).astype(float)
     support = matrices.sum(axis=2).astype(float)
     predicted = matrices.sum(axis=1).astype(float)
-    union = support + predicted - true_positive
-    iou = np.divide(true_positive, union, out=np.zeros_like(union), where=union > 0)
+    iou = _ratio(true_positive, support + predicted - true_positive)
     present = (support + predicted) > 0
-    count = present.sum(axis=1)
-    total = (iou * present).sum(axis=1)
-    return np.divide(total, count, out=np.zeros_like(total), where=count > 0)
+    return _ratio((iou * present).sum(axis=1), present.sum(axis=1))
 
 
 def _interval(values: np.ndarray, level: float) -> tuple[float, float]:
