@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from heritageseg.config import IngestConfig
+from heritageseg.core.config import IngestConfig
 from heritageseg.data.artefact import RawRecord
 from heritageseg.data.ingest import run_ingest
 from heritageseg.data.shards import ShardWriter, encode_png

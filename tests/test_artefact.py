@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from heritageseg.core.errors import DataError, RecordError
 from heritageseg.data.artefact import (
     MAX_IMAGE_PIXELS,
     PUBLISHED_COLUMNS,
@@ -20,7 +21,6 @@ from heritageseg.data.artefact import (
     iter_parquet,
 )
 from heritageseg.data.shards import encode_png
-from heritageseg.errors import DataError, RecordError
 
 from .conftest import make_raw, write_shards
 

@@ -8,7 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from heritageseg.backends import (
+from heritageseg.bench.infer import loggable
+from heritageseg.cli import main
+from heritageseg.core.classes import CLASS_NAMES
+from heritageseg.core.config import ModelConfig
+from heritageseg.infer.backends import (
     BACKENDS,
     BackendError,
     agreement,
@@ -18,12 +22,9 @@ from heritageseg.backends import (
     default_backend,
     export_trained_onnx,
 )
-from heritageseg.bench_infer import loggable
-from heritageseg.checkpoint import save_weights
-from heritageseg.cli import main
-from heritageseg.config import ModelConfig
-from heritageseg.engine import _cpu_has_bf16
-from heritageseg.models import build_model
+from heritageseg.nn.checkpoint import save_weights
+from heritageseg.nn.engine import _cpu_has_bf16
+from heritageseg.nn.models import build_model
 
 SIZE = 64
 
@@ -136,12 +137,7 @@ class _MockedCudaModel(torch.nn.Module):
 
 
 def test_export_round_trip_writes_a_graph_that_matches_eager(tmp_path: Path):
-    model = _model()
-    config = {
-        "model": {"encoder": "tu-convnext_atto", "image_size": SIZE, "head": "fine"},
-        "normalization": {"mean": [0.5] * 3, "std": [0.25] * 3},
-    }
-    save_weights(model, tmp_path / "convnext", config)
+    save_weights(_model(), tmp_path / "convnext", _config(SIZE))
     out = tmp_path / "exported" / "model.onnx"
     check = export_trained_onnx(tmp_path / "convnext", out, int8=False, cache=tmp_path)
     assert out.is_file() and check["max_abs_diff"] < 1e-3 and check["agreement"] > 0.999
@@ -168,43 +164,42 @@ def test_bench_infer_writes_every_row(tmp_path: Path, tiny_cache: Path):
 
 @pytest.fixture(scope="module")
 def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from heritageseg.bench import prepare_bench_cache
-    from heritageseg.config import IngestConfig
+    from heritageseg.bench.data import prepare_bench_cache
+    from heritageseg.core.config import IngestConfig
 
     folder = tmp_path_factory.mktemp("infer")
     raw_cfg = IngestConfig(n=20, seed=0, min_size=64, max_size=96, workers=1)
     return prepare_bench_cache(raw_cfg, folder, size=32)[1]
 
 
-def test_load_predictor_and_evaluate_use_the_chosen_backend(tmp_path: Path):
-    from heritageseg.backends import load_predictor
-    from heritageseg.evaluate import evaluation_predictor
+def test_evaluation_predictor_without_a_backend_is_eager_at_the_training_precision(
+    tmp_path: Path,
+):
+    from heritageseg.nn.checkpoint import load_trained
+    from heritageseg.stages.evaluate import evaluation_predictor
 
     model = _model()
-    config = {
-        "model": {"encoder": "tu-convnext_atto", "image_size": SIZE, "head": "fine"},
-        "normalization": {"mean": [0.5] * 3, "std": [0.25] * 3},
-    }
-    save_weights(model, tmp_path, config)
+    save_weights(model, tmp_path, _config(SIZE))
     batch = _batch()
     reference = build_predictor(model, "eager")(batch)
-    predict, loaded = load_predictor(tmp_path, "onnx")
-    assert loaded["model"]["image_size"] == SIZE
-    assert _relative_error(reference, predict(batch)) < 1e-4
-    with pytest.raises(BackendError, match="export onnx --arch ARCH --int8"):
-        load_predictor(tmp_path, "int8")
-    default, _ = load_predictor(tmp_path)  # int8 without a calibrated graph: exact onnx
-    assert _relative_error(reference, default(batch)) < 1e-4
-    as_trained = evaluation_predictor(model, None, torch.device("cpu"), "fp32", config, tmp_path)
+    trained = load_trained(tmp_path)
+    assert trained.model.image_size == SIZE
+    as_trained = evaluation_predictor(
+        trained.network, None, torch.device("cpu"), "fp32", trained, tmp_path
+    )
     assert torch.equal(as_trained(batch), reference)
 
 
-def test_int8_export_calibrates_on_the_train_split(tmp_path: Path, tiny_cache: Path):
-    config = {
-        "model": {"encoder": "tu-convnext_atto", "image_size": 32, "head": "fine"},
+def _config(size: int) -> dict:
+    return {
+        "model": {"encoder": "tu-convnext_atto", "image_size": size, "head": "fine"},
         "normalization": {"mean": [0.5] * 3, "std": [0.25] * 3},
+        "classes": list(CLASS_NAMES),
     }
-    save_weights(_model(), tmp_path / "convnext", config)
+
+
+def test_int8_export_calibrates_on_the_train_split(tmp_path: Path, tiny_cache: Path):
+    save_weights(_model(), tmp_path / "convnext", _config(32))
     argv = ["export", "onnx", "--arch", "convnext", "--models", str(tmp_path), "--int8"]
     assert main([*argv, "--cache", str(tiny_cache)]) == 0
     graph = tmp_path / "convnext" / "model.int8.onnx"

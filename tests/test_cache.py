@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
-from heritageseg.config import PrepareConfig, SplitConfig
+from heritageseg.core.config import PrepareConfig, SplitConfig
+from heritageseg.core.errors import DataError
 from heritageseg.data.artefact import decode_record, iter_parquet, read_metadata
 from heritageseg.data.cache import (
     CacheDataset,
@@ -21,7 +22,6 @@ from heritageseg.data.cache import (
     tile_starts,
 )
 from heritageseg.data.splits import write_splits
-from heritageseg.errors import DataError
 
 from .conftest import make_raw, write_shards
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from heritageseg import classes
+from heritageseg.core import classes
 
 PUBLISHED = {
     0: ("Clean", "#000000"),

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from heritageseg.config import IngestConfig, load_params, with_overrides
-from heritageseg.errors import ConfigError
+from heritageseg.core.config import IngestConfig, load_params, with_overrides
+from heritageseg.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from heritageseg.config import load_params
+from heritageseg.core.config import load_params
+from heritageseg.core.errors import DataError
 from heritageseg.data.cache import CacheDataset, read_index
-from heritageseg.domain import fold_index, run_leave_one_out, write_fold_cache
-from heritageseg.errors import DataError
+from heritageseg.stages.loco import fold_index, run_leave_one_out, write_fold_cache
 from tests.test_train import tiny  # noqa: F401 (the fixture)
 
 

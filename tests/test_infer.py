@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from heritageseg.infer import blend_window, model_predictor, sliding_window_predict
+from heritageseg.infer.window import blend_window, model_predictor, sliding_window_predict
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from heritageseg.classes import CLASS_NAMES
 from heritageseg.cli import main
-from heritageseg.config import IngestConfig
+from heritageseg.core.classes import CLASS_NAMES
+from heritageseg.core.config import IngestConfig
+from heritageseg.core.errors import DataError, RecordError
 from heritageseg.data.artefact import decode_record, iter_parquet
 from heritageseg.data.ingest import ingest, run_ingest
 from heritageseg.data.shards import encode_png
 from heritageseg.data.synth import generate_sample
-from heritageseg.errors import DataError, RecordError
 
 from .conftest import make_raw, write_shards
 

@@ -1,4 +1,4 @@
-"""heritageseg.launch without a cluster: profile files, the sbatch settings they become,
+"""heritageseg.ops.launch without a cluster: profile files, the sbatch settings they become,
 the local and debug executors, and the log tail (test_slurm.py runs the real cluster)."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import operator
 
 import pytest
 
-from heritageseg.config import load_params
-from heritageseg.errors import ConfigError
-from heritageseg.launch import SlurmProfile, _LogTail, load_profile, run_jobs
+from heritageseg.core.config import load_params
+from heritageseg.core.errors import ConfigError
+from heritageseg.ops.launch import SlurmProfile, _LogTail, load_profile, run_jobs
 
 
 def test_the_shipped_profile_becomes_sbatch_settings_with_gres_gpus():

@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from heritageseg.classes import BACKGROUND_ID, to_binary, to_coarse
-from heritageseg.config import LossConfig
-from heritageseg.errors import ConfigError
-from heritageseg.losses import CrossEntropyLoss, DiceLoss, FocalLoss, build_loss
+from heritageseg.core.classes import BACKGROUND_ID, to_binary, to_coarse
+from heritageseg.core.config import LossConfig
+from heritageseg.core.errors import ConfigError
+from heritageseg.nn.losses import CrossEntropyLoss, DiceLoss, FocalLoss, build_loss
 
 BIG = 20.0  # softmax of ±BIG is 0 or 1 in float32
 

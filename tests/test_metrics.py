@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from heritageseg.metrics import (
+from heritageseg.nn.metrics import (
     ConfusionMatrix,
     bootstrap_miou,
     confusion,

@@ -11,10 +11,10 @@ import segmentation_models_pytorch as smp
 import timm
 import torch
 
-from heritageseg.config import LossConfig, ModelConfig
-from heritageseg.errors import ConfigError
-from heritageseg.losses import build_loss
-from heritageseg.models import (
+from heritageseg.core.config import LossConfig, ModelConfig
+from heritageseg.core.errors import ConfigError
+from heritageseg.nn.losses import build_loss
+from heritageseg.nn.models import (
     DECODERS,
     ENCODERS,
     build_model,

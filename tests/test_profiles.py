@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from heritageseg.config import load_params
-from heritageseg.errors import ConfigError
-from heritageseg.profiles import PROFILES, apply_profile, available, flatten, set_values
+from heritageseg.core.config import load_params
+from heritageseg.core.errors import ConfigError
+from heritageseg.ops.profiles import PROFILES, apply_profile, available, flatten, set_values
 
 ROOT = Path(__file__).resolve().parents[1]
 

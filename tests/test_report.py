@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from heritageseg.config import load_params
-from heritageseg.errors import HeritagesegError
-from heritageseg.evaluate import run_evaluation, write_evaluation
-from heritageseg.metrics import majority_baseline_miou, paired_bootstrap
-from heritageseg.report import run_report
-from heritageseg.train import run_training
+from heritageseg.core.config import load_params
+from heritageseg.core.errors import HeritagesegError
+from heritageseg.nn.metrics import majority_baseline_miou, paired_bootstrap
+from heritageseg.stages.evaluate import run_evaluation, write_evaluation
+from heritageseg.stages.report import run_report
+from heritageseg.stages.train import run_training
 from tests.browser import distinct_colours, ink, screenshot
 from tests.test_train import tiny  # noqa: F401 (the fixture)
 

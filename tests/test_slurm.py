@@ -1,4 +1,4 @@
-"""heritageseg.launch on a real single-node Slurm cluster (slurm/local-cluster/: munge,
+"""heritageseg.ops.launch on a real single-node Slurm cluster (slurm/local-cluster/: munge,
 MariaDB, slurmdbd, slurmctld, slurmd on loopback), started once for the session: a training
 round trip, a 3-architecture job array, a remote traceback, cancellation (scancel and
 Ctrl-C), a time limit that requeues and resumes, and a 2-task DDP job (gloo on the CPU)."""
@@ -21,8 +21,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from heritageseg.config import load_params
-from heritageseg.launch import (
+from heritageseg.core.config import load_params
+from heritageseg.ops.launch import (
     LaunchError,
     TrainJob,
     load_profile,
@@ -201,7 +201,7 @@ def test_ctrl_c_while_waiting_cancels_the_jobs(slurm_cluster, tmp_path):
     script = (
         "import functools, signal, time\n"
         "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
-        "from heritageseg.launch import load_profile, run_jobs\n"
+        "from heritageseg.ops.launch import load_profile, run_jobs\n"
         f"run_jobs(functools.partial(time.sleep, 300), [{{}}], executor='slurm',"
         f" profile=load_profile({str(_profile(tmp_path))!r}),"
         " log=lambda line: print(line, flush=True))\n"

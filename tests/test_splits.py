@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from heritageseg.config import SplitConfig
+from heritageseg.core.config import SplitConfig
+from heritageseg.core.errors import DataError
 from heritageseg.data import splits
 from heritageseg.data.artefact import read_metadata
 from heritageseg.data.splits import (
@@ -20,7 +21,6 @@ from heritageseg.data.splits import (
     make_splits,
     write_splits,
 )
-from heritageseg.errors import DataError
 
 CONTENTS = ("Artistic depiction", "Photographic depiction", "Geometric patterns", "Line art")
 MATERIALS = ("Paper", "Glass", "Wood")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from heritageseg.classes import BACKGROUND_ID, CLASS_NAMES, DAMAGE_IDS, VALID_LABELS, class_id
+from heritageseg.core.classes import BACKGROUND_ID, CLASS_NAMES, DAMAGE_IDS, VALID_LABELS, class_id
 from heritageseg.data.synth import (
     CONTENTS,
     MATERIALS,

@@ -23,9 +23,10 @@ import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from heritageseg import cli, registry, tracking
-from heritageseg.config import TrackingConfig
-from heritageseg.damage_maps import damage_report
+from heritageseg import cli
+from heritageseg.core.config import TrackingConfig
+from heritageseg.ops import registry, tracking
+from heritageseg.stages.predict import damage_report
 from tests.browser import chromium, ink, screenshot
 from tests.test_train import tiny  # noqa: F401 - the module-scoped tiny project fixture
 
@@ -358,8 +359,8 @@ def test_epoch_metrics_survive_a_server_that_goes_away_mid_training(store, monke
 
 LOGGER = """
 import sys
-from heritageseg.config import TrackingConfig
-from heritageseg.tracking import RunTracker, connect
+from heritageseg.core.config import TrackingConfig
+from heritageseg.ops.tracking import RunTracker, connect
 from mlflow.tracking import MlflowClient
 experiment = connect(TrackingConfig(experiment=sys.argv[1]))
 run = MlflowClient().create_run(experiment, run_name=sys.argv[2])

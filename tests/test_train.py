@@ -21,21 +21,21 @@ import yaml
 from PIL import Image
 from safetensors.torch import load_file
 
-from heritageseg.checkpoint import load_weights
-from heritageseg.classes import CLASS_NAMES
-from heritageseg.config import IngestConfig, PrepareConfig, SplitConfig, load_params
+from heritageseg.core.classes import CLASS_NAMES
+from heritageseg.core.config import IngestConfig, PrepareConfig, SplitConfig, load_params
+from heritageseg.core.fileio import write_json
 from heritageseg.data.artefact import read_metadata
 from heritageseg.data.cache import CacheDataset, build_cache, iter_masks
 from heritageseg.data.ingest import run_ingest
 from heritageseg.data.splits import write_splits
 from heritageseg.data.transforms import eval_transform, normalization
 from heritageseg.data.weights import pixel_counts, weights_document
-from heritageseg.engine import NonFiniteLossError, evaluate, resolve_precision, train_one_epoch
-from heritageseg.evaluate import run_evaluation, write_evaluation
-from heritageseg.fileio import write_json
-from heritageseg.losses import build_loss
-from heritageseg.models import build_model
-from heritageseg.train import Rank, make_loader, run_training
+from heritageseg.nn.checkpoint import load_weights
+from heritageseg.nn.engine import NonFiniteLossError, evaluate, resolve_precision, train_one_epoch
+from heritageseg.nn.losses import build_loss
+from heritageseg.nn.models import build_model
+from heritageseg.stages.evaluate import run_evaluation, write_evaluation
+from heritageseg.stages.train import Rank, make_loader, run_training
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from heritageseg.classes import BACKGROUND_ID, VALID_LABELS
-from heritageseg.config import AugmentConfig
+from heritageseg.core.classes import BACKGROUND_ID, VALID_LABELS
+from heritageseg.core.config import AugmentConfig
+from heritageseg.core.errors import ConfigError
 from heritageseg.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -21,7 +22,6 @@ from heritageseg.data.transforms import (
     normalization,
     train_transform,
 )
-from heritageseg.errors import ConfigError
 
 SIZE = 64
 MEAN, STD = IMAGENET_MEAN, IMAGENET_STD

@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from heritageseg.classes import BACKGROUND_ID, CLASS_NAMES, NUM_CLASSES
-from heritageseg.config import WeightsConfig
+from heritageseg.core.classes import BACKGROUND_ID, CLASS_NAMES, NUM_CLASSES
+from heritageseg.core.config import WeightsConfig
+from heritageseg.core.errors import ConfigError, DataError
 from heritageseg.data.weights import class_weights, pixel_counts, weights_document
-from heritageseg.errors import ConfigError, DataError
 
 # Classes 0..3 hold 900, 90, 9, 1 of 1000 pixels; the 12 others are absent.
 COUNTS = np.array([900, 90, 9, 1] + [0] * 12, dtype=np.int64)

@@ -10,8 +10,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from heritageseg.config import ARCHS, load_params, with_overrides
-from heritageseg.errors import HeritagesegError
+from heritageseg.core.config import ARCHS, load_params, with_overrides
+from heritageseg.core.errors import HeritagesegError
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -185,7 +185,7 @@ def _add_mlflow_commands(commands) -> None:
 
 
 def _promote(args: argparse.Namespace) -> None:
-    from heritageseg import registry
+    from heritageseg.ops import registry
 
     cfg = load_params(args.params).tracking
     if not cfg.enabled:
@@ -204,8 +204,8 @@ def _promote(args: argparse.Namespace) -> None:
 
 
 def _predict(args: argparse.Namespace) -> None:
-    from heritageseg import tracking
-    from heritageseg.damage_maps import summary_line, write_damage_maps
+    from heritageseg.ops import tracking
+    from heritageseg.stages.predict import summary_line, write_damage_maps
 
     tracking.connect(load_params(args.params).tracking)
     for report in write_damage_maps(args.images, args.model, args.out, args.backend):
@@ -214,7 +214,7 @@ def _predict(args: argparse.Namespace) -> None:
 
 
 def _ui(args: argparse.Namespace) -> None:
-    from heritageseg import tracking
+    from heritageseg.ops import tracking
 
     cfg = load_params(args.params).tracking
     uri = tracking.tracking_uri(cfg)
@@ -237,7 +237,7 @@ def _add_launch_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _launch(args: argparse.Namespace, params) -> dict:
     """run_jobs keyword arguments from launch: in params.yaml and the CLI overrides."""
-    from heritageseg.launch import load_profile
+    from heritageseg.ops.launch import load_profile
 
     cfg = with_overrides(params.launch, executor=args.executor, profile=args.profile)
     profile = load_profile(cfg.profile) if cfg.executor == "slurm" else None
@@ -284,9 +284,9 @@ def _prepare(args: argparse.Namespace) -> None:
 
 
 def _weights(args: argparse.Namespace) -> None:
+    from heritageseg.core.fileio import write_json
     from heritageseg.data.cache import iter_masks
     from heritageseg.data.weights import pixel_counts, weights_document
-    from heritageseg.fileio import write_json
 
     cfg = load_params(args.params).weights
     document = weights_document(pixel_counts(iter_masks(Path(args.cache), "train")), cfg)
@@ -296,7 +296,7 @@ def _weights(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from heritageseg.launch import TrainJob, print_epoch, run_jobs
+    from heritageseg.ops.launch import TrainJob, print_epoch, run_jobs
 
     params = load_params(args.params)
     launch = _launch(args, params)
@@ -334,14 +334,14 @@ def _training_run(params, args: argparse.Namespace, arch: str, out: Path, main_r
     """The MLflow child run around training (rank 0, tracking on); else yields None."""
     if not (params.tracking.enabled and main_rank):
         return contextlib.nullcontext()
-    from heritageseg.tracking import training_run
+    from heritageseg.ops.tracking import training_run
 
     return training_run(params, Path(args.params), arch, out, Path(args.raw))
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from heritageseg.evaluate import run_evaluation, write_evaluation
-    from heritageseg.launch import run_jobs
+    from heritageseg.ops.launch import run_jobs
+    from heritageseg.stages.evaluate import run_evaluation, write_evaluation
 
     params = load_params(args.params)
     if args.backend:
@@ -370,7 +370,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _track_evaluation(args: argparse.Namespace, params, arch: str, documents: dict) -> None:
-    from heritageseg import registry, tracking
+    from heritageseg.ops import registry, tracking
 
     model_dir = Path(args.models) / arch
     run_id, benchmark = tracking.log_evaluation(
@@ -386,7 +386,7 @@ def _track_evaluation(args: argparse.Namespace, params, arch: str, documents: di
 
 
 def _profile(args: argparse.Namespace) -> None:
-    from heritageseg.profiles import apply_profile, available
+    from heritageseg.ops.profiles import apply_profile, available
 
     if not args.name:
         print("profiles: " + ", ".join(available()))
@@ -396,7 +396,7 @@ def _profile(args: argparse.Namespace) -> None:
 
 
 def _loco(args: argparse.Namespace) -> None:
-    from heritageseg.domain import run_leave_one_out, summary_markdown
+    from heritageseg.stages.loco import run_leave_one_out, summary_markdown
 
     summary = run_leave_one_out(
         load_params(args.params), args.arch, cache=Path(args.cache), splits=Path(args.splits),
@@ -406,7 +406,7 @@ def _loco(args: argparse.Namespace) -> None:
 
 
 def _report(args: argparse.Namespace) -> None:
-    from heritageseg.report import run_report
+    from heritageseg.stages.report import run_report
 
     params = load_params(args.params)
     out = Path(args.out)
@@ -417,14 +417,14 @@ def _report(args: argparse.Namespace) -> None:
     archs = ", ".join(r.arch for r in results)
     print(f"report of {archs}: {out / 'benchmark.md'}, {out / 'index.html'}")
     if params.tracking.enabled:
-        from heritageseg.tracking import log_report
+        from heritageseg.ops.tracking import log_report
 
         parents = log_report(params.tracking, out, Path(args.models))
         print(f"logged the report to MLflow run(s) {', '.join(parents) or '(none)'}")
 
 
 def _export_onnx(args: argparse.Namespace) -> None:
-    from heritageseg.backends import export_trained_onnx
+    from heritageseg.infer.backends import export_trained_onnx
 
     folder = Path(args.models) / args.arch
     name = "model.int8.onnx" if args.int8 else "model.onnx"
@@ -438,7 +438,7 @@ def _export_onnx(args: argparse.Namespace) -> None:
 
 
 def _summary(args: argparse.Namespace) -> None:
-    from heritageseg.summary import dataset_summary, results_summary
+    from heritageseg.stages.summary import dataset_summary, results_summary
 
     manifest = Path(args.raw) / "manifest.json"
     if not manifest.exists():
@@ -455,7 +455,7 @@ def _summary(args: argparse.Namespace) -> None:
 
 
 def _result_row(arch: str, models: Path, metrics: Path) -> dict:
-    from heritageseg.models import family
+    from heritageseg.nn.models import family
 
     folder = models / arch
     if not (folder / "train_metrics.json").is_file():
@@ -470,7 +470,7 @@ def _result_row(arch: str, models: Path, metrics: Path) -> dict:
 
 
 def _bench_ingest(args: argparse.Namespace) -> None:
-    from heritageseg.bench import bench_ingest
+    from heritageseg.bench.data import bench_ingest
 
     cfg = with_overrides(load_params(args.params).ingest, n=args.n)
     figures = bench_ingest(cfg)
@@ -487,7 +487,7 @@ def _bench_ingest(args: argparse.Namespace) -> None:
 def _bench_data(args: argparse.Namespace) -> None:
     import dataclasses
 
-    from heritageseg.bench import bench_data
+    from heritageseg.bench.data import bench_data
 
     params = load_params(args.params)
     source = with_overrides(params.ingest, n=args.n, min_size=args.min_size, max_size=args.max_size)
@@ -509,7 +509,7 @@ def _bench_data(args: argparse.Namespace) -> None:
 def _bench_train(args: argparse.Namespace) -> None:
     import dataclasses
 
-    from heritageseg.bench import bench_train
+    from heritageseg.bench.data import bench_train
 
     params = load_params(args.params)
     model = with_overrides(
@@ -531,8 +531,8 @@ def _bench_train(args: argparse.Namespace) -> None:
 
 
 def _bench_infer(args: argparse.Namespace) -> None:
-    from heritageseg.backends import available_backends
-    from heritageseg.bench_infer import bench_infer, write_report
+    from heritageseg.bench.infer import bench_infer, write_report
+    from heritageseg.infer.backends import available_backends
 
     params = load_params(args.params)
     sizes = args.sizes or sorted({*(params.train.model(a).image_size for a in args.archs), 384})
@@ -551,8 +551,8 @@ def _bench_infer(args: argparse.Namespace) -> None:
     print(f"written to {args.out}")
     cfg = params.tracking
     if cfg.enabled:
-        from heritageseg.bench_infer import loggable
-        from heritageseg.tracking import log_benchmark_run
+        from heritageseg.bench.infer import loggable
+        from heritageseg.ops.tracking import log_benchmark_run
 
         out = Path(args.out)
         files = [out, out.with_suffix(".json")]

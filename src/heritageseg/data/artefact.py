@@ -21,8 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from heritageseg.classes import NUM_CLASSES
-from heritageseg.errors import DataError, RecordError
+from heritageseg.core.classes import NUM_CLASSES
+from heritageseg.core.errors import DataError, RecordError
 
 # The dataset card's own loader uses this limit; the largest image has about 133 M pixels.
 MAX_IMAGE_PIXELS = 243_748_701

@@ -23,8 +23,10 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from heritageseg.classes import BACKGROUND_ID
-from heritageseg.config import PrepareConfig
+from heritageseg.core.classes import BACKGROUND_ID
+from heritageseg.core.config import PrepareConfig
+from heritageseg.core.errors import DataError
+from heritageseg.core.fileio import atomic_dir, write_json
 from heritageseg.data.artefact import (
     RawRecord,
     Record,
@@ -34,8 +36,6 @@ from heritageseg.data.artefact import (
     read_metadata,
 )
 from heritageseg.data.splits import check_no_leakage
-from heritageseg.errors import DataError
-from heritageseg.fileio import atomic_dir, write_json
 
 IMAGES = "images.npy"
 MASKS = "masks.npy"

@@ -21,8 +21,10 @@ import numpy as np
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from heritageseg.classes import BACKGROUND_ID, CLASS_NAMES, colourise
-from heritageseg.config import IngestConfig
+from heritageseg.core.classes import BACKGROUND_ID, CLASS_NAMES, colourise
+from heritageseg.core.config import IngestConfig
+from heritageseg.core.errors import DataError, RecordError
+from heritageseg.core.fileio import atomic_dir, write_json
 from heritageseg.data.artefact import (
     PUBLISHED_COLUMNS,
     RawRecord,
@@ -33,8 +35,6 @@ from heritageseg.data.artefact import (
 )
 from heritageseg.data.shards import ShardWriter, encode_png, sha256_file
 from heritageseg.data.synth import SynthSample, generate_sample
-from heritageseg.errors import DataError, RecordError
-from heritageseg.fileio import atomic_dir, write_json
 
 MANIFEST = "manifest.json"
 REJECTS = "rejects.csv"

@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from heritageseg.config import SplitConfig
-from heritageseg.errors import DataError
-from heritageseg.fileio import atomic_write_text
+from heritageseg.core.config import SplitConfig
+from heritageseg.core.errors import DataError
+from heritageseg.core.fileio import atomic_write_text
 
 SPLITS = ("train", "val", "test")
 FOLD_BY = ("content", "material")

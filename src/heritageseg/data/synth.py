@@ -20,7 +20,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from heritageseg.classes import BACKGROUND_ID, CLASS_NAMES
+from heritageseg.core.classes import BACKGROUND_ID, CLASS_NAMES
 
 MATERIALS: tuple[str, ...] = (
     "Paper",

@@ -31,9 +31,9 @@ import albumentations as A
 import cv2
 from albumentations.pytorch import ToTensorV2
 
-from heritageseg.classes import BACKGROUND_ID
-from heritageseg.config import AugmentConfig
-from heritageseg.errors import ConfigError
+from heritageseg.core.classes import BACKGROUND_ID
+from heritageseg.core.config import AugmentConfig
+from heritageseg.core.errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

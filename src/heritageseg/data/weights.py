@@ -23,9 +23,9 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
-from heritageseg.classes import BACKGROUND_ID, CLASS_NAMES, NUM_CLASSES
-from heritageseg.config import WeightsConfig
-from heritageseg.errors import ConfigError, DataError
+from heritageseg.core.classes import BACKGROUND_ID, CLASS_NAMES, NUM_CLASSES
+from heritageseg.core.config import WeightsConfig
+from heritageseg.core.errors import ConfigError, DataError
 
 _CHUNK = 1 << 24  # pixels per bincount call: bounds its int64 copy to 128 MB on huge masks
 

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import yaml
 
-from heritageseg.config import Params, from_mapping
-from heritageseg.errors import ConfigError
-from heritageseg.fileio import atomic_write_text
+from heritageseg.core.config import Params, from_mapping
+from heritageseg.core.errors import ConfigError
+from heritageseg.core.fileio import atomic_write_text
 
-PROFILES = Path(__file__).resolve().parents[2] / "profiles"
+PROFILES = Path(__file__).resolve().parents[3] / "profiles"
 _LINE = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z_][\w-]*):(?P<rest>.*)$")
 
 

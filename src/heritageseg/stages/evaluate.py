@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,19 +21,19 @@ import numpy as np
 import pandas as pd
 import torch
 
-from heritageseg import viz
-from heritageseg.checkpoint import load_weights
-from heritageseg.classes import CLASS_NAMES, NUM_CLASSES
-from heritageseg.config import ModelConfig, Params
+from heritageseg.core.classes import CLASS_NAMES, NUM_CLASSES
+from heritageseg.core.config import Params
+from heritageseg.core.errors import ConfigError, HeritagesegError
+from heritageseg.core.fileio import atomic_dir, write_json
 from heritageseg.data.artefact import decode_record, iter_parquet
 from heritageseg.data.cache import CacheDataset, read_split
 from heritageseg.data.transforms import eval_transform
-from heritageseg.engine import peak_memory_mb, resolve_precision
-from heritageseg.errors import ConfigError, HeritagesegError
-from heritageseg.fileio import atomic_dir, write_json
-from heritageseg.infer import Predict, model_predictor, sliding_window_predict
-from heritageseg.metrics import bootstrap_miou, confusion, scores
-from heritageseg.models import build_model, count_parameters
+from heritageseg.infer.window import Predict, model_predictor, sliding_window_predict
+from heritageseg.nn.checkpoint import Trained, load_trained
+from heritageseg.nn.engine import peak_memory_mb, resolve_precision
+from heritageseg.nn.metrics import bootstrap_miou, confusion, scores
+from heritageseg.nn.models import count_parameters
+from heritageseg.stages import pictures as viz
 
 METRICS = "metrics.json"
 NATIVE_METRICS = "metrics_native.json"
@@ -65,24 +64,12 @@ class Evaluation:
     samples: list[viz.Sample]
 
 
-def load_trained(model_dir: Path) -> tuple[torch.nn.Module, dict]:
-    config_path = model_dir / "config.json"
-    if not config_path.is_file():
-        raise HeritagesegError(f"{config_path} not found: run `heritageseg train` first")
-    config = json.loads(config_path.read_text())
-    model = build_model(ModelConfig(**config["model"]))
-    load_weights(model, model_dir)
-    return model.eval(), config
-
-
 def score_prepared(
-    predict: Predict, cache: Path, split: str, config: dict, batch_size: int
+    predict: Predict, cache: Path, split: str, trained: Trained, batch_size: int
 ) -> Scored:
     """Each cached sample of the split, grouped back into images (tiles of one id summed)."""
-    norm = config["normalization"]
-    dataset = CacheDataset(
-        cache, split, eval_transform(config["model"]["image_size"], norm["mean"], norm["std"])
-    )
+    transform = eval_transform(trained.model.image_size, trained.mean, trained.std)
+    dataset = CacheDataset(cache, split, transform)
     if len(dataset) == 0:
         raise HeritagesegError(f"{cache}: the {split} split is empty")
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
@@ -101,12 +88,11 @@ def score_prepared(
 
 
 def score_native(
-    predict: Predict, raw: Path, split_ids: set[str], config: dict, batch_size: int,
+    predict: Predict, raw: Path, split_ids: set[str], trained: Trained, batch_size: int,
     overlap: int,
 ) -> Scored:  # fmt: skip
     """Every original image of the split, predicted at full size by the sliding window."""
-    norm = config["normalization"]
-    tile = config["model"]["image_size"]
+    tile = trained.model.image_size
     if not 0 <= overlap < tile:
         raise ConfigError(f"evaluate.tile_overlap={overlap}: need 0 <= overlap < {tile} (tile)")
     ids, matrices, seconds, images = [], [], 0.0, 0
@@ -114,7 +100,7 @@ def score_native(
         start = time.perf_counter()
         labels = sliding_window_predict(
             predict, record.image, tile=tile, overlap=overlap, num_classes=16,
-            mean=norm["mean"], std=norm["std"], batch_size=batch_size,
+            mean=trained.mean, std=trained.std, batch_size=batch_size,
         )  # fmt: skip
         seconds += time.perf_counter() - start
         images += 1
@@ -160,36 +146,37 @@ def run_evaluation(
 ) -> Evaluation:  # fmt: skip
     """Score `arch` at the resolutions params ask for, and predict the picture samples."""
     cfg = params.evaluate
-    model, config = load_trained(model_dir)
+    trained = load_trained(model_dir)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = model.to(device)
+    model = trained.network.to(device)
     predict = evaluation_predictor(
-        model, cfg.backend, device, params.train.precision, config, cache
+        model, cfg.backend, device, params.train.precision, trained, cache
     )
     params_m = count_parameters(model)
     scored: dict[str, Scored] = {}
     if cfg.resolution in ("prepared", "both"):
-        scored["prepared"] = score_prepared(predict, cache, split, config, cfg.batch_size)
+        scored["prepared"] = score_prepared(predict, cache, split, trained, cfg.batch_size)
     if cfg.resolution in ("native", "both"):
         table = read_split(splits / "split.csv")
         ids = set(table.loc[table["split"] == split, "id"])
-        scored["native"] = score_native(predict, raw, ids, config, cfg.batch_size, cfg.tile_overlap)
+        scored["native"] = score_native(
+            predict, raw, ids, trained, cfg.batch_size, cfg.tile_overlap
+        )
     names = dict(zip(scored, (METRICS, NATIVE_METRICS), strict=False))
     documents = {
         names[key]: metrics_document(arch, split, result, params_m, cfg.bootstrap, cfg.seed, device)
         for key, result in scored.items()
     }
-    samples = predict_samples(predict, cache, split, config, SAMPLES)
+    samples = predict_samples(predict, cache, split, trained, SAMPLES)
     return Evaluation(arch, split, scored, documents, samples)
 
 
 def predict_samples(
-    predict: Predict, cache: Path, split: str, config: dict, count: int
+    predict: Predict, cache: Path, split: str, trained: Trained, count: int
 ) -> list[viz.Sample]:
     """`count` cached samples chosen to show as many classes as possible, with predictions."""
-    norm = config["normalization"]
-    size = config["model"]["image_size"]
-    dataset = CacheDataset(cache, split, eval_transform(size, norm["mean"], norm["std"]))
+    transform = eval_transform(trained.model.image_size, trained.mean, trained.std)
+    dataset = CacheDataset(cache, split, transform)
     masks = CacheDataset(cache, split)
     supports = np.stack(
         [
@@ -197,8 +184,8 @@ def predict_samples(
             for i in range(len(masks))
         ]
     )
-    mean = torch.tensor(norm["mean"]).view(3, 1, 1)
-    std = torch.tensor(norm["std"]).view(3, 1, 1)
+    mean = torch.tensor(trained.mean).view(3, 1, 1)
+    std = torch.tensor(trained.std).view(3, 1, 1)
     samples = []
     with torch.no_grad():
         for index in viz.select_samples(supports, count):
@@ -275,16 +262,16 @@ def pictures(evaluation: Evaluation) -> dict[str, bytes]:
 
 def evaluation_predictor(
     model: torch.nn.Module, backend: str | None, device: torch.device, precision: str,
-    config: dict, cache: Path,
+    trained: Trained, cache: Path,
 ) -> Predict:  # fmt: skip
     """`evaluate.backend` null: PyTorch at `train.precision`, as results always were; else a
-    backend of heritageseg.backends (int8 calibrated on `cache`'s train images)."""
+    backend of heritageseg.infer.backends (int8 calibrated on `cache`'s train images)."""
     if backend is None:
         return model_predictor(model, resolve_precision(precision, device).autocast)
-    from heritageseg.backends import CALIBRATED, build_predictor, calibration_images
+    from heritageseg.infer.backends import CALIBRATED, build_predictor, calibration_images
 
-    size = config["model"]["image_size"]
+    size = trained.model.image_size
     calibration = None
     if backend in CALIBRATED:
-        calibration = calibration_images(cache, size, config["normalization"])
+        calibration = calibration_images(cache, size, trained.mean, trained.std)
     return build_predictor(model, backend, device, size, calibration)

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
-from heritageseg import viz
-from heritageseg.classes import CLASS_NAMES
-from heritageseg.errors import HeritagesegError
-from heritageseg.evaluate import METRICS, NATIVE_METRICS, PER_IMAGE, PLOTS
-from heritageseg.fileio import atomic_dir, atomic_write_text, write_json
-from heritageseg.metrics import majority_baseline_miou, paired_bootstrap
-from heritageseg.models import family
+from heritageseg.core.classes import CLASS_NAMES
+from heritageseg.core.errors import HeritagesegError
+from heritageseg.core.fileio import atomic_dir, atomic_write_text, write_json
+from heritageseg.nn.metrics import majority_baseline_miou, paired_bootstrap
+from heritageseg.nn.models import family
+from heritageseg.stages import pictures as viz
+from heritageseg.stages.evaluate import METRICS, NATIVE_METRICS, PER_IMAGE, PLOTS
 
 RESOLUTIONS = {"prepared": METRICS, "native": NATIVE_METRICS}
 FIGURES = "figures"

@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from heritageseg.config import Params, TrackingConfig
-from heritageseg.errors import HeritagesegError
-from heritageseg.fileio import write_json
+from heritageseg.core.config import Params, TrackingConfig
+from heritageseg.core.errors import HeritagesegError
+from heritageseg.core.fileio import write_json
 
 DEFAULT_URI = "sqlite:///mlruns/mlflow.db"
 RUN_FILE = "mlflow.json"

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from heritageseg.data.cache import tile_starts
-from heritageseg.models import fine_logits
+from heritageseg.nn.models import fine_logits
 
 Predict = Callable[[torch.Tensor], torch.Tensor]
 

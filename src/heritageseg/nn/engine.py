@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from heritageseg.errors import HeritagesegError
-from heritageseg.metrics import ConfusionMatrix
-from heritageseg.models import fine_logits
+from heritageseg.core.errors import HeritagesegError
+from heritageseg.nn.metrics import ConfusionMatrix
+from heritageseg.nn.models import fine_logits
 
 CPU = torch.device("cpu")
 

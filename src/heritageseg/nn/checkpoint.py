@@ -10,8 +10,10 @@ Two kinds of checkpoint live in `models/ARCH/`:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +21,10 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from heritageseg.errors import HeritagesegError
-from heritageseg.fileio import atomic_dir, write_json
+from heritageseg.core.config import ModelConfig, from_mapping
+from heritageseg.core.errors import HeritagesegError
+from heritageseg.core.fileio import atomic_dir, write_json
+from heritageseg.nn.models import build_model
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -39,13 +43,43 @@ def save_weights(model: torch.nn.Module, folder: Path, config: dict) -> None:
     write_json(folder / CONFIG, config)
 
 
-def load_weights(model: torch.nn.Module, folder: Path) -> dict:
-    """Load `model.safetensors` into `model`; return the saved config."""
-    path = folder / WEIGHTS
-    if not path.is_file():
-        raise HeritagesegError(f"{path} not found: train the model first (heritageseg train)")
-    unwrap(model).load_state_dict(load_file(str(path)))
-    return json.loads((folder / CONFIG).read_text())
+@dataclass(frozen=True)
+class Trained:
+    """A trained model as saved by `train`: the network (eval mode) and the typed settings
+    it was trained with; `config` is the whole config.json, for logging as it is."""
+
+    network: torch.nn.Module
+    model: ModelConfig
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    classes: tuple[str, ...]
+    config: dict
+
+
+def load_trained(folder: Path) -> Trained:
+    """The one loader of a trained `models/ARCH` folder (evaluate, export, bench, loco)."""
+    return load_checkpoint(folder / CONFIG, folder / WEIGHTS)
+
+
+def load_checkpoint(config_file: Path, weights_file: Path) -> Trained:
+    """Rebuild the network from config.json and fill it from the safetensors file.
+
+    The encoder is built without pretrained weights whatever `encoder_weights` says: the
+    file holds every weight, so nothing is fetched (an offline cluster node evaluates).
+    """
+    config_file, weights_file = Path(config_file), Path(weights_file)
+    for path in (config_file, weights_file):
+        if not path.is_file():
+            raise HeritagesegError(f"{path} not found: train the model first (heritageseg train)")
+    config = json.loads(config_file.read_text())
+    model = from_mapping(ModelConfig, config["model"], where=f"{config_file}: model")
+    network = build_model(dataclasses.replace(model, encoder_weights=None))
+    network.load_state_dict(load_file(str(weights_file)))
+    norm = config["normalization"]
+    return Trained(
+        network=network.eval(), model=model, mean=tuple(norm["mean"]), std=tuple(norm["std"]),
+        classes=tuple(config["classes"]), config=config,
+    )  # fmt: skip
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

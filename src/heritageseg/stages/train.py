@@ -28,23 +28,23 @@ import torch
 import torch.distributed as dist
 import torch.utils.data
 
-from heritageseg.checkpoint import load_resume, save_resume, save_weights
-from heritageseg.classes import CLASS_NAMES
-from heritageseg.config import Params
+from heritageseg.core.classes import CLASS_NAMES
+from heritageseg.core.config import Params
+from heritageseg.core.errors import HeritagesegError
+from heritageseg.core.fileio import atomic_write_text, write_json
 from heritageseg.data.cache import INFO, CacheDataset
 from heritageseg.data.transforms import eval_transform, normalization, train_transform
-from heritageseg.engine import (
+from heritageseg.nn.checkpoint import load_resume, save_resume, save_weights
+from heritageseg.nn.engine import (
     evaluate,
     peak_memory_mb,
     reset_peak_memory,
     resolve_precision,
     train_one_epoch,
 )
-from heritageseg.errors import HeritagesegError
-from heritageseg.fileio import atomic_write_text, write_json
-from heritageseg.losses import build_loss
-from heritageseg.metrics import miou
-from heritageseg.models import build_model, count_parameters
+from heritageseg.nn.losses import build_loss
+from heritageseg.nn.metrics import miou
+from heritageseg.nn.models import build_model, count_parameters
 
 HISTORY = "history.csv"
 TRAIN_METRICS = "train_metrics.json"

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from heritageseg.config import TrackingConfig
-from heritageseg.tracking import (
+from heritageseg.core.config import TrackingConfig
+from heritageseg.ops.tracking import (
     PRODUCTION,
     TAG_ARCH,
     TAG_BENCHMARK,
@@ -63,17 +63,17 @@ def log_model(run_id: str, arch: str, model_dir: Path, overlap: int, register: b
     Returns the registered ModelVersion, or None."""
     import mlflow
 
-    from heritageseg.fileio import write_json
-    from heritageseg.serving import encode_image
+    from heritageseg.core.fileio import write_json
+    from heritageseg.infer.serving import encode_image
 
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]  # the heritageseg package, shipped as code
     example = pd.DataFrame({"image": [encode_image(np.full((40, 56, 3), 128, np.uint8))]})
     with tempfile.TemporaryDirectory() as temp, mlflow.start_run(run_id=run_id):
         serving = Path(temp) / "serving.json"
         write_json(serving, {"overlap": overlap})
         info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=str(package / "pyfunc_model.py"),
+            python_model=str(package / "infer" / "pyfunc_model.py"),
             artifacts={"weights": str(model_dir / "model.safetensors"),
                        "config": str(model_dir / "config.json"), "serving": str(serving)},
             code_paths=[str(package)],

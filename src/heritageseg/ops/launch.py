@@ -21,8 +21,8 @@ from typing import Any
 
 import yaml
 
-from heritageseg.config import LaunchConfig, from_mapping
-from heritageseg.errors import ConfigError, HeritagesegError
+from heritageseg.core.config import LaunchConfig, from_mapping
+from heritageseg.core.errors import ConfigError, HeritagesegError
 
 EXECUTORS = typing.get_args(typing.get_type_hints(LaunchConfig)["executor"])  # local, debug, slurm
 
@@ -251,7 +251,7 @@ class TrainJob:
     resumes from the state run_training saves after every epoch (never mid-save)."""
 
     def __call__(self, **kwargs: Any):
-        from heritageseg.train import run_training
+        from heritageseg.stages.train import run_training
 
         prepare_job_process()
         return dataclasses.replace(run_training(**kwargs), job=job_labels())

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.utils.data
 
-from heritageseg.config import IngestConfig
+from heritageseg.core.config import IngestConfig
 from heritageseg.data.artefact import decode_record, iter_parquet
 from heritageseg.data.ingest import run_ingest, synthetic_records
 
@@ -45,7 +45,7 @@ def bench_ingest(cfg: IngestConfig) -> dict[str, float]:
 
 def prepare_bench_cache(raw_cfg: IngestConfig, folder: Path, size: int) -> tuple[Path, Path]:
     """A synthetic raw set and its resize cache at `size` px, built in `folder`."""
-    from heritageseg.config import PrepareConfig, SplitConfig
+    from heritageseg.core.config import PrepareConfig, SplitConfig
     from heritageseg.data.artefact import read_metadata
     from heritageseg.data.cache import build_cache
     from heritageseg.data.splits import write_splits
@@ -100,7 +100,7 @@ def _loader_rate(kind: str, raw: str, cache: str, size: int, workers: int, queue
 
     import torch
 
-    from heritageseg.config import AugmentConfig
+    from heritageseg.core.config import AugmentConfig
     from heritageseg.data.cache import CacheDataset
     from heritageseg.data.transforms import normalization, train_transform
 
@@ -217,9 +217,9 @@ class _TrainingSetup:
 
 
 def _training_setup(params, arch: str, batches: int) -> _TrainingSetup:
-    from heritageseg.engine import resolve_precision
-    from heritageseg.losses import build_loss
-    from heritageseg.models import build_model
+    from heritageseg.nn.engine import resolve_precision
+    from heritageseg.nn.losses import build_loss
+    from heritageseg.nn.models import build_model
 
     cfg, model_cfg = params.train, params.train.model(arch)
     torch.manual_seed(0)
@@ -242,7 +242,7 @@ def _training_setup(params, arch: str, batches: int) -> _TrainingSetup:
 
 def bench_train(params, arch: str, batches: int, rounds: int) -> dict:
     """Training img/s of engine.train_one_epoch against a bare loop, interleaved."""
-    from heritageseg.engine import train_one_epoch
+    from heritageseg.nn.engine import train_one_epoch
 
     cfg, model_cfg = params.train, params.train.model(arch)
     setup = _training_setup(params, arch, batches)

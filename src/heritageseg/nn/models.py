@@ -8,7 +8,7 @@ wrapper (``tu-<timm name>``).
 Heads:
 - ``fine``: the smp model as is; ``forward`` returns (B, num_classes, H, W) logits.
 - ``hierarchical``: one shared encoder + decoder with three segmentation heads (binary 2,
-  coarse 4, fine num_classes, see ``heritageseg.classes``); ``forward`` returns a dict.
+  coarse 4, fine num_classes, see ``heritageseg.core.classes``); ``forward`` returns a dict.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from segmentation_models_pytorch.base import SegmentationHead, SegmentationModel
 from segmentation_models_pytorch.base.initialization import initialize_head
 from torch import nn
 
-from heritageseg.classes import BINARY_NAMES, COARSE_NAMES, NUM_CLASSES
-from heritageseg.config import ModelConfig
-from heritageseg.errors import ConfigError
+from heritageseg.core.classes import BINARY_NAMES, COARSE_NAMES, NUM_CLASSES
+from heritageseg.core.config import ModelConfig
+from heritageseg.core.errors import ConfigError
 
 _CONVNEXT = ("atto", "femto", "pico", "nano", "tiny", "small", "base", "large", "xlarge")
 _MAXVIT = (

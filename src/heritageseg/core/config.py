@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import yaml
 
-from heritageseg.errors import ConfigError
+from heritageseg.core.errors import ConfigError
 
 SourceKind = Literal["synthetic", "parquet", "folder", "hf"]
 OnError = Literal["fail", "skip"]
@@ -202,7 +202,7 @@ class TrainConfig:
 ARCHS = ("convnext", "segformer", "maxvit")
 Backend = Literal[
     "eager", "bf16", "fp16", "compile", "onnx", "int8", "int8-inductor"
-]  # heritageseg.backends
+]  # heritageseg.infer.backends
 
 
 @dataclass(frozen=True)
@@ -213,7 +213,9 @@ class EvaluateConfig:
     tile_overlap: int = 32  # native: sliding-window overlap; the tile is the arch's image_size
     bootstrap: int = 1000  # resamples of test images for miou_ci95
     seed: int = 0
-    backend: Backend | None = None  # None: PyTorch at train.precision; else heritageseg.backends
+    backend: Backend | None = (
+        None  # None: PyTorch at train.precision; else heritageseg.infer.backends
+    )
 
 
 @dataclass(frozen=True)
@@ -231,7 +233,7 @@ class LaunchConfig:
     """Where train and evaluate run: here, or as Slurm jobs configured by a profile file."""
 
     executor: Literal["local", "debug", "slurm"] = "local"
-    profile: str = "slurm/v100.yaml"  # sbatch settings for executor: slurm (heritageseg.launch)
+    profile: str = "slurm/v100.yaml"  # sbatch settings for executor: slurm (heritageseg.ops.launch)
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,9 @@ from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 from tqdm import tqdm
 
-from heritageseg.classes import CLASSES, colourise
-from heritageseg.errors import HeritagesegError
-from heritageseg.fileio import atomic_write_bytes, write_json
+from heritageseg.core.classes import CLASSES, colourise
+from heritageseg.core.errors import HeritagesegError
+from heritageseg.core.fileio import atomic_write_bytes, write_json
 
 ALPHA = 0.5  # overlay opacity of the class colours; Clean pixels are left as they are
 _EIGHT_NEIGHBOURS = np.ones((3, 3), dtype=bool)
@@ -110,7 +110,7 @@ def write_damage_maps(
     import mlflow.pyfunc
     import pandas as pd
 
-    from heritageseg.serving import decode_mask, encode_image
+    from heritageseg.infer.serving import decode_mask, encode_image
 
     missing = [str(p) for p in images if not Path(p).is_file()]
     if missing:

@@ -21,11 +21,9 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
-from safetensors.torch import load_file
 
-from heritageseg.config import ModelConfig
-from heritageseg.infer import sliding_window_predict
-from heritageseg.models import build_model
+from heritageseg.infer.window import sliding_window_predict
+from heritageseg.nn.checkpoint import load_checkpoint
 
 IMAGE_COLUMN = "image"
 OUTPUT_COLUMNS = ("mask", "height", "width")
@@ -64,28 +62,24 @@ class Segmenter:
     def __init__(
         self, weights: Path, config: Path, overlap: int | None = None, backend: str | None = None
     ):
-        self.config = json.loads(Path(config).read_text())
-        # the weights come from the file: never fetch pretrained ones
-        model_cfg = ModelConfig(**{**self.config["model"], "encoder_weights": None})
+        self.trained = load_checkpoint(Path(config), Path(weights))
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        model = build_model(model_cfg)
-        model.load_state_dict(load_file(str(weights)))
-        self.model = model.to(self.device).eval()
-        self.tile = model_cfg.image_size
+        self.model = self.trained.network.to(self.device)
+        self.tile = self.trained.model.image_size
         self.overlap = self.tile // 8 if overlap is None else overlap
         self.use_backend(backend)
 
     def use_backend(self, backend: str | None) -> None:
-        """The inference backend (heritageseg.backends); None: predict's default."""
-        from heritageseg.backends import serving_predictor
+        """The inference backend (heritageseg.infer.backends); None: predict's default."""
+        from heritageseg.infer.backends import serving_predictor
 
         self.backend, self.predict = serving_predictor(self.model, backend, self.device, self.tile)
 
     def labels(self, image: np.ndarray) -> np.ndarray:
-        norm = self.config["normalization"]
+        trained = self.trained
         return sliding_window_predict(
             self.predict, image, tile=self.tile, overlap=self.overlap,
-            num_classes=len(self.config["classes"]), mean=norm["mean"], std=norm["std"],
+            num_classes=len(trained.classes), mean=trained.mean, std=trained.std,
         )  # fmt: skip
 
 

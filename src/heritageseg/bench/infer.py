@@ -9,30 +9,30 @@ the cached images are resized by the evaluation transform (bilinear image, neare
 
 from __future__ import annotations
 
-import json
 import statistics
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from heritageseg.backends import (
+from heritageseg.core.config import ModelConfig, Params
+from heritageseg.core.errors import HeritagesegError
+from heritageseg.core.fileio import atomic_write_text, write_json
+from heritageseg.data.cache import CacheDataset
+from heritageseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
+from heritageseg.infer.backends import (
     CALIBRATED,
     build_predictor,
     calibration_images,
     check_backend,
 )
-from heritageseg.config import ModelConfig, Params
-from heritageseg.data.cache import CacheDataset
-from heritageseg.data.transforms import eval_transform
-from heritageseg.errors import HeritagesegError
-from heritageseg.fileio import atomic_write_text, write_json
-from heritageseg.metrics import confusion, scores
-from heritageseg.models import build_model
+from heritageseg.nn.checkpoint import CONFIG, load_trained
+from heritageseg.nn.metrics import confusion, scores
+from heritageseg.nn.models import build_model
 
-IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 # The reference's encoders at its 384 px; at their own image_size, the params' small ones.
 REFERENCE_ENCODERS = {
     "convnext": "tu-convnext_tiny",
@@ -46,7 +46,8 @@ class BenchModel:
     model: torch.nn.Module
     encoder: str
     trained: bool
-    normalization: dict
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
 
 
 def bench_model(params: Params, arch: str, size: int, models: Path) -> BenchModel:
@@ -56,32 +57,28 @@ def bench_model(params: Params, arch: str, size: int, models: Path) -> BenchMode
     """
     cfg = params.train.model(arch)
     encoder = cfg.encoder if size == cfg.image_size else REFERENCE_ENCODERS[arch]
-    config_path = models / arch / "config.json"
-    if config_path.is_file():
-        config = json.loads(config_path.read_text())
-        if config["model"]["encoder"] == encoder and _size_fits(encoder, config, size):
-            from heritageseg.evaluate import load_trained
-
-            model, config = load_trained(models / arch)
-            return BenchModel(model, encoder, True, config["normalization"])
+    if (models / arch / CONFIG).is_file():
+        trained = load_trained(models / arch)
+        if trained.model.encoder == encoder and _size_fits(trained.model, size):
+            return BenchModel(trained.network, encoder, True, trained.mean, trained.std)
     torch.manual_seed(params.train.seed)
     model_cfg = ModelConfig(
         encoder=encoder, decoder=cfg.decoder, encoder_weights=None, head=cfg.head,
         decoder_channels=cfg.decoder_channels if encoder == cfg.encoder else None,
         image_size=size, batch_size=cfg.batch_size, lr=None,
     )  # fmt: skip
-    return BenchModel(build_model(model_cfg).eval(), encoder, False, IMAGENET)
+    return BenchModel(build_model(model_cfg).eval(), encoder, False, IMAGENET_MEAN, IMAGENET_STD)
 
 
-def _size_fits(encoder: str, config: dict, size: int) -> bool:
-    return "maxvit" not in encoder or config["model"]["image_size"] == size
+def _size_fits(model: ModelConfig, size: int) -> bool:
+    return "maxvit" not in model.encoder or model.image_size == size
 
 
 def cached_test_images(
-    cache: Path, size: int, norm: dict, limit: int
+    cache: Path, size: int, mean: Sequence[float], std: Sequence[float], limit: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Up to `limit` normalised test images (N, 3, size, size) and their masks (N, size, size)."""
-    dataset = CacheDataset(cache, "test", eval_transform(size, norm["mean"], norm["std"]))
+    dataset = CacheDataset(cache, "test", eval_transform(size, mean, std))
     if len(dataset) == 0:
         raise HeritagesegError(f"{cache}: the test split is empty; run `heritageseg prepare`")
     items = [dataset[i] for i in range(min(limit, len(dataset)))]
@@ -134,10 +131,10 @@ def bench_arch_size(
 ) -> list[dict]:  # fmt: skip
     """One row per backend for `arch` at `size`; eager first, ratios within each round."""
     chosen = bench_model(params, arch, size, models)
-    x, masks = cached_test_images(cache, size, chosen.normalization, images)
+    x, masks = cached_test_images(cache, size, chosen.mean, chosen.std, images)
     calibration = None  # train images, never the test images being scored
     if any(b in CALIBRATED for b in backends):
-        calibration = calibration_images(cache, size, chosen.normalization)
+        calibration = calibration_images(cache, size, chosen.mean, chosen.std)
     names = ["eager", *[b for b in backends if b != "eager"]]
     predictors, build_s, memory = {}, {}, {}
     for name in names:

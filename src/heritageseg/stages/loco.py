@@ -17,13 +17,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from heritageseg.config import Params
+from heritageseg.core.config import Params
+from heritageseg.core.errors import DataError
+from heritageseg.core.fileio import atomic_dir, atomic_write_text, write_json
 from heritageseg.data.cache import IMAGES, INDEX, INFO, MASKS, iter_masks, read_index
 from heritageseg.data.weights import pixel_counts, weights_document
-from heritageseg.errors import DataError
-from heritageseg.evaluate import run_evaluation, write_evaluation
-from heritageseg.fileio import atomic_dir, atomic_write_text, write_json
-from heritageseg.train import run_training
+from heritageseg.stages.evaluate import run_evaluation, write_evaluation
+from heritageseg.stages.train import run_training
 
 FOLD_FILES = {"content": "lo_content.csv", "material": "lo_material.csv"}
 

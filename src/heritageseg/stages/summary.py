@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from heritageseg.classes import CLASS_NAMES
-from heritageseg.metrics import majority_baseline_miou
+from heritageseg.core.classes import CLASS_NAMES
+from heritageseg.nn.metrics import majority_baseline_miou
 
 
 def dataset_summary(manifest: dict) -> str:

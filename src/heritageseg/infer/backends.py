@@ -22,15 +22,16 @@ import contextlib
 import io
 import tempfile
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from heritageseg.config import Backend
-from heritageseg.errors import HeritagesegError
-from heritageseg.infer import Predict, model_predictor
-from heritageseg.models import fine_logits
+from heritageseg.core.config import Backend
+from heritageseg.core.errors import HeritagesegError
+from heritageseg.infer.window import Predict, model_predictor
+from heritageseg.nn.models import fine_logits
 
 BACKENDS: tuple[str, ...] = typing.get_args(Backend)
 # `predict`'s default on a CPU: the fastest backend within 0.5 mIoU points that needs no
@@ -114,7 +115,7 @@ def _half_predictor(model: torch.nn.Module, dtype: torch.dtype, device: torch.de
 
 def _compiled_predictor(model: torch.nn.Module, device: torch.device) -> Predict:
     """Inductor-compiled under half-precision autocast (fp32 where none is native)."""
-    from heritageseg.engine import resolve_precision
+    from heritageseg.nn.engine import resolve_precision
 
     precision = resolve_precision("auto", device)
     compiled = torch.compile(model.to(memory_format=torch.channels_last), dynamic=False)
@@ -284,12 +285,14 @@ def available_backends(device: torch.device | str = "cpu") -> list[str]:
     return ["eager", "bf16", "compile", "onnx", "int8", "int8-inductor"]
 
 
-def calibration_images(cache: Path, size: int, normalization: dict, count: int = 16):
+def calibration_images(
+    cache: Path, size: int, mean: Sequence[float], std: Sequence[float], count: int = 16
+) -> torch.Tensor:
     """`count` normalised train images spread over the split, for int8 calibration."""
     from heritageseg.data.cache import CacheDataset
     from heritageseg.data.transforms import eval_transform
 
-    transform = eval_transform(size, normalization["mean"], normalization["std"])
+    transform = eval_transform(size, mean, std)
     dataset = CacheDataset(cache, "train", transform)
     if len(dataset) == 0:
         raise HeritagesegError(f"{cache}: no train images to calibrate int8 on")
@@ -299,14 +302,14 @@ def calibration_images(cache: Path, size: int, normalization: dict, count: int =
 
 def export_trained_onnx(folder: Path, out: Path, *, int8: bool, cache: Path) -> dict:
     """models/ARCH -> ONNX at `out` (written atomically) after checking it against eager."""
-    from heritageseg.evaluate import load_trained
-    from heritageseg.fileio import atomic_write_bytes
+    from heritageseg.core.fileio import atomic_write_bytes
+    from heritageseg.nn.checkpoint import load_trained
 
-    model, config = load_trained(folder)
-    size = config["model"]["image_size"]
+    trained = load_trained(folder)
+    model, size = trained.network, trained.model.image_size
     graph = export_onnx_bytes(model, size)
     if int8:
-        graph = quantize_int8(graph, calibration_images(cache, size, config["normalization"]))
+        graph = quantize_int8(graph, calibration_images(cache, size, trained.mean, trained.std))
     example = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     reference = model_predictor(model)(example)
     exported = onnx_predictor(graph)(example)
@@ -335,36 +338,3 @@ def serving_predictor(
             )
         chosen = "onnx"
     return chosen, build_predictor(model, chosen, device, size)
-
-
-def load_predictor(
-    model_dir: Path, backend: str | None = None, device: torch.device | str = "cpu",
-    cache: Path | None = None,
-) -> tuple[Predict, dict]:  # fmt: skip
-    """A trained models/ARCH as (Predict, config.json) for `predict` and the MLflow pyfunc.
-
-    `backend` None is `default_backend(device)`. The ONNX backends reuse a graph written by
-    `heritageseg export onnx` next to the weights; int8 without one calibrates on `cache`.
-    """
-    from heritageseg.evaluate import load_trained
-
-    device = torch.device(device)
-    chosen = check_backend(backend or default_backend(device))
-    exported = model_dir / ("model.int8.onnx" if chosen == "int8" else "model.onnx")
-    if backend is None and chosen == "int8" and cache is None and not exported.is_file():
-        chosen, exported = "onnx", model_dir / "model.onnx"  # the default needs no calibration
-    backend = chosen
-    model, config = load_trained(model_dir)
-    if backend in ("onnx", "int8") and exported.is_file():
-        return onnx_predictor(exported), config
-    size = config["model"]["image_size"]
-    if backend == "int8" and cache is None:
-        raise BackendError(
-            f"{exported} not found: run `heritageseg export onnx --arch ARCH --int8` first"
-        )
-    if backend == "int8-inductor" and cache is None:
-        raise BackendError("int8-inductor calibrates on train images: give the prepared cache")
-    calibration = None
-    if backend in CALIBRATED:
-        calibration = calibration_images(cache, size, config["normalization"])
-    return build_predictor(model, backend, device, size, calibration), config

@@ -14,7 +14,13 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from heritageseg.classes import BACKGROUND_COLOUR, BACKGROUND_ID, CLASS_NAMES, CLASSES, colourise
+from heritageseg.core.classes import (
+    BACKGROUND_COLOUR,
+    BACKGROUND_ID,
+    CLASS_NAMES,
+    CLASSES,
+    colourise,
+)
 
 ERROR_COLOUR = (230, 25, 75)
 ARCH_COLOURS = {"convnext": "#1f77b4", "segformer": "#ff7f0e", "maxvit": "#2ca02c"}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from heritageseg.classes import BACKGROUND_ID, CLASS_NAMES, NUM_CLASSES
+from heritageseg.core.classes import BACKGROUND_ID, CLASS_NAMES, NUM_CLASSES
 
 
 class ConfusionMatrix:

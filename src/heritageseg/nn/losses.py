@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from heritageseg.classes import BACKGROUND_ID, BINARY_LUT, COARSE_LUT
-from heritageseg.config import LossConfig
-from heritageseg.errors import ConfigError
+from heritageseg.core.classes import BACKGROUND_ID, BINARY_LUT, COARSE_LUT
+from heritageseg.core.config import LossConfig
+from heritageseg.core.errors import ConfigError
 
 _TINY = 1e-12  # keeps 0 / 0 at 0 when a batch has no valid pixel
 

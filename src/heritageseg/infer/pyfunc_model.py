@@ -3,6 +3,6 @@ loads the model, so nothing is unpickled. Not imported by the package itself."""
 
 import mlflow
 
-from heritageseg.serving import SegmentationModel
+from heritageseg.infer.serving import SegmentationModel
 
 mlflow.models.set_model(SegmentationModel())

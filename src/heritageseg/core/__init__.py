@@ -1,0 +1,1 @@
+"""The vocabulary everything else speaks: classes, typed params, errors, file I/O, file names."""

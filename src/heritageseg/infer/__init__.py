@@ -1,0 +1,1 @@
+"""Inference: the sliding window, backends (one name -> builder table), export, serving."""
