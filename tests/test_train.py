@@ -66,7 +66,8 @@ def tiny(tmp_path_factory) -> Path:
     )
     counts = pixel_counts(iter_masks(cache, "train"))
     write_json(
-        root / "data" / "class_weights.json", weights_document(counts, load_params().weights)
+        root / "data" / "class_weights.json",
+        weights_document(counts, load_params(ROOT / "params.yaml").weights),
     )
     return root
 
@@ -218,7 +219,7 @@ def _ddp_confusion(rank: int, world: int, port: int, cache: str, result_file: st
 
 def _evaluate_val(cache: Path, rank: Rank) -> np.ndarray:
     torch.manual_seed(0)
-    params = load_params()
+    params = load_params(ROOT / "params.yaml")
     model_cfg = dataclasses.replace(params.train.segformer, image_size=64)
     model = build_model(model_cfg)
     mean, std = normalization(model_cfg.encoder)

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from heritageseg.core import paths
 from heritageseg.core.config import ARCHS, load_params, with_overrides
 from heritageseg.core.errors import HeritagesegError
+from heritageseg.ops.tracking import PRODUCTION, model_name
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -31,12 +32,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="heritageseg", description=__doc__)
-    parser.add_argument("--params", default="params.yaml", help="parameters file (params.yaml)")
+    parser.add_argument("--params", default=str(paths.PARAMS), help="parameters file")
     commands = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_data_commands, _add_model_commands, _add_output_commands,
+                _add_mlflow_commands, _add_bench_commands):  # fmt: skip
+        add(commands)
+    return parser
 
+
+def _folder(parser: argparse.ArgumentParser, flag: str, default: Path, help: str = "") -> None:
+    """A path option whose default is the pipeline's own (core.paths, as in dvc.yaml)."""
+    parser.add_argument(flag, default=str(default), help=f"{help} (default {default})".strip())
+
+
+def _add_data_commands(commands) -> None:
     ingest = commands.add_parser("ingest", help="read a source into validated ARTeFACT shards")
     ingest.add_argument("--source", choices=["synthetic", "parquet", "folder", "hf"])
-    ingest.add_argument("--out", default="data/raw", help="output folder (default data/raw)")
+    _folder(ingest, "--out", paths.RAW, "output folder")
     ingest.add_argument("--path", help="parquet shards or PNG folder; hf: download folder")
     ingest.add_argument("--n", type=int, help="synthetic: number of records")
     ingest.add_argument("--seed", type=int, help="synthetic: seed")
@@ -44,82 +56,90 @@ def _build_parser() -> argparse.ArgumentParser:
     ingest.set_defaults(handler=_ingest)
 
     split = commands.add_parser("split", help="grouped, stratified train/val/test + LOO folds")
-    split.add_argument("--raw", default="data/raw", help="ingested shards (default data/raw)")
-    split.add_argument("--out", default="data/splits", help="output folder (default data/splits)")
+    _folder(split, "--raw", paths.RAW, "ingested shards")
+    _folder(split, "--out", paths.SPLITS, "output folder")
     split.set_defaults(handler=_split)
 
     prepare = commands.add_parser("prepare", help="decode once into the uint8 memmap cache")
-    prepare.add_argument("--raw", default="data/raw")
-    prepare.add_argument("--splits", default="data/splits")
-    prepare.add_argument("--out", default="data/cache")
+    _folder(prepare, "--raw", paths.RAW)
+    _folder(prepare, "--splits", paths.SPLITS)
+    _folder(prepare, "--out", paths.CACHE)
     prepare.add_argument("--mode", choices=["resize", "tile"], help="override prepare.mode")
     prepare.set_defaults(handler=_prepare)
 
     weights = commands.add_parser("weights", help="class weights from the train split")
-    weights.add_argument("--cache", default="data/cache")
-    weights.add_argument("--out", default="data/class_weights.json")
+    _folder(weights, "--cache", paths.CACHE)
+    _folder(weights, "--out", paths.CLASS_WEIGHTS)
     weights.set_defaults(handler=_weights)
 
+
+def _add_model_commands(commands) -> None:
     train = commands.add_parser("train", help="train one architecture (or all) on the cache")
     train.add_argument("--arch", required=True, choices=[*ARCHS, "all"])
-    train.add_argument("--cache", default="data/cache")
-    train.add_argument("--weights", default="data/class_weights.json")
-    train.add_argument("--out", default="models", help="writes OUT/ARCH (default models)")
+    _folder(train, "--cache", paths.CACHE)
+    _folder(train, "--weights", paths.CLASS_WEIGHTS)
+    _folder(train, "--out", paths.MODELS, "writes OUT/ARCH")
     train.add_argument("--fresh", action="store_true", help="ignore a saved resume state")
     train.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA when available)")
-    train.add_argument("--raw", default="data/raw", help="ingested data (its manifest is tagged)")
+    _folder(train, "--raw", paths.RAW, "ingested data (its manifest is tagged)")
     _add_launch_arguments(train)
     train.set_defaults(handler=_train)
 
     evaluate = commands.add_parser("evaluate", help="score a trained architecture")
     evaluate.add_argument("--arch", required=True, choices=[*ARCHS, "all"])
     evaluate.add_argument("--split", choices=["test", "val"], help="default evaluate.split")
-    evaluate.add_argument("--cache", default="data/cache")
-    evaluate.add_argument("--raw", default="data/raw")
-    evaluate.add_argument("--splits", default="data/splits")
-    evaluate.add_argument("--models", default="models")
-    evaluate.add_argument("--out", default="metrics", help="writes OUT/ARCH (default metrics)")
+    _folder(evaluate, "--cache", paths.CACHE)
+    _folder(evaluate, "--raw", paths.RAW)
+    _folder(evaluate, "--splits", paths.SPLITS)
+    _folder(evaluate, "--models", paths.MODELS)
+    _folder(evaluate, "--out", paths.METRICS, "writes OUT/ARCH")
     evaluate.add_argument("--backend", help="inference backend (default evaluate.backend)")
     _add_launch_arguments(evaluate)
     evaluate.set_defaults(handler=_evaluate)
-
-    profile = commands.add_parser("profile", help="switch params.yaml to a named profile")
-    profile.add_argument("name", nargs="?", help="laptop (default), paper, paper-native, ...")
-    profile.set_defaults(handler=_profile)
 
     loco = commands.add_parser(
         "loco", help="domain generalisation: leave one content (or material) type out"
     )
     loco.add_argument("--arch", required=True, choices=ARCHS)
-    loco.add_argument("--by", choices=["content", "material"], default="content")
-    loco.add_argument("--cache", default="data/cache")
-    loco.add_argument("--splits", default="data/splits")
-    loco.add_argument("--out", default="metrics/loco", help="writes OUT/BY/ARCH")
+    loco.add_argument("--by", choices=paths.FOLD_BY, default=paths.FOLD_BY[0])
+    _folder(loco, "--cache", paths.CACHE)
+    _folder(loco, "--splits", paths.SPLITS)
+    _folder(loco, "--out", paths.LOCO, "writes OUT/BY/ARCH")
     loco.set_defaults(handler=_loco)
-
-    report = commands.add_parser("report", help="benchmark.md and index.html of every arch")
-    report.add_argument("--metrics", default="metrics")
-    report.add_argument("--models", default="models")
-    report.add_argument("--out", default="reports", help="output folder (default reports)")
-    report.set_defaults(handler=_report)
-    _add_mlflow_commands(commands)
 
     export = commands.add_parser("export", help="export a trained architecture")
     export_kinds = export.add_subparsers(dest="export", required=True)
     export_onnx = export_kinds.add_parser("onnx", help="ONNX graph for onnxruntime")
     export_onnx.add_argument("--arch", required=True, choices=ARCHS)
-    export_onnx.add_argument("--models", default="models")
-    export_onnx.add_argument("--out", help="default MODELS/ARCH/model.onnx (model.int8.onnx)")
+    _folder(export_onnx, "--models", paths.MODELS)
+    export_onnx.add_argument(
+        "--out", help=f"default MODELS/ARCH/{paths.ONNX_GRAPH} ({paths.INT8_GRAPH})"
+    )
     export_onnx.add_argument("--int8", action="store_true", help="static int8 quantisation")
-    export_onnx.add_argument("--cache", default="data/cache", help="int8: calibration images")
+    _folder(export_onnx, "--cache", paths.CACHE, "int8: calibration images")
     export_onnx.set_defaults(handler=_export_onnx)
 
+
+def _add_output_commands(commands) -> None:
+    profile = commands.add_parser("profile", help="switch params.yaml to a named profile")
+    profile.add_argument("name", nargs="?", help="laptop (default), paper, paper-native, ...")
+    profile.set_defaults(handler=_profile)
+
+    report = commands.add_parser("report", help="benchmark.md and index.html of every arch")
+    _folder(report, "--metrics", paths.METRICS)
+    _folder(report, "--models", paths.MODELS)
+    _folder(report, "--out", paths.REPORTS, "output folder")
+    report.set_defaults(handler=_report)
+
     summary = commands.add_parser("summary", help="print what the pipeline has produced")
-    summary.add_argument("--raw", default="data/raw")
-    summary.add_argument("--models", default="models")
-    summary.add_argument("--metrics", default="metrics")
+    _folder(summary, "--raw", paths.RAW)
+    _folder(summary, "--models", paths.MODELS)
+    _folder(summary, "--metrics", paths.METRICS)
+    _folder(summary, "--reports", paths.REPORTS)
     summary.set_defaults(handler=_summary)
 
+
+def _add_bench_commands(commands) -> None:
     bench = commands.add_parser("bench", help="benchmarks that print measured figures")
     bench_kinds = bench.add_subparsers(dest="bench", required=True)
     bench_ingest = bench_kinds.add_parser("ingest", help="synthetic generator and reader img/s")
@@ -151,14 +171,13 @@ def _build_parser() -> argparse.ArgumentParser:
         "--sizes", nargs="+", type=int, help="default: the archs' train.ARCH.image_size and 384"
     )
     bench_infer.add_argument("--backends", nargs="+", help="default: all that run here")
-    bench_infer.add_argument("--cache", default="data/cache", help="test split to score on")
-    bench_infer.add_argument("--models", default="models", help="trained models, when present")
+    _folder(bench_infer, "--cache", paths.CACHE, "test split to score on")
+    _folder(bench_infer, "--models", paths.MODELS, "trained models, when present")
     bench_infer.add_argument("--images", type=int, default=8, help="test images per run")
     bench_infer.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
     bench_infer.add_argument("--batch-size", type=int, default=4)
-    bench_infer.add_argument("--out", default="reports/inference.md")
+    _folder(bench_infer, "--out", paths.INFERENCE_REPORT)
     bench_infer.set_defaults(handler=_bench_infer)
-    return parser
 
 
 def _add_mlflow_commands(commands) -> None:
@@ -171,7 +190,7 @@ def _add_mlflow_commands(commands) -> None:
 
     predict = commands.add_parser("predict", help="damage maps of images of any size")
     predict.add_argument("images", nargs="+", type=Path, help="PNG/JPEG/TIFF images")
-    predict.add_argument("--model", default="models:/heritageseg-segformer@production")
+    predict.add_argument("--model", default=f"models:/{model_name('segformer')}@{PRODUCTION}")
     predict.add_argument("--out", type=Path, required=True, help="output folder")
     predict.add_argument(
         "--backend", help="eager, bf16, fp16, compile, onnx (default: onnx on CPU)"
@@ -191,7 +210,7 @@ def _promote(args: argparse.Namespace) -> None:
     if not cfg.enabled:
         print("tracking.enabled is false: no registry, nothing to promote")
         return
-    name = f"heritageseg-{args.arch}"
+    name = model_name(args.arch)
     if args.rollback:
         old, new = registry.rollback(cfg, args.arch)
         print(f"{name}: production rolled back from v{old} to v{new}")
@@ -278,7 +297,8 @@ def _prepare(args: argparse.Namespace) -> None:
     from heritageseg.data.cache import build_cache
 
     cfg = with_overrides(load_params(args.params).prepare, mode=args.mode)
-    info = build_cache(Path(args.raw), Path(args.splits) / "split.csv", Path(args.out), cfg)
+    split_table = Path(args.splits) / paths.SPLIT_TABLE
+    info = build_cache(Path(args.raw), split_table, Path(args.out), cfg)
     rows = ", ".join(f"{k} {v}" for k, v in info["rows_per_split"].items())
     print(f"cached {info['rows']} {cfg.mode} samples of {info['side']} px ({rows}) in {args.out}")
 
@@ -415,7 +435,7 @@ def _report(args: argparse.Namespace) -> None:
         iterations=params.evaluate.bootstrap, seed=params.evaluate.seed,
     )  # fmt: skip
     archs = ", ".join(r.arch for r in results)
-    print(f"report of {archs}: {out / 'benchmark.md'}, {out / 'index.html'}")
+    print(f"report of {archs}: {out / paths.BENCHMARK_MD}, {out / paths.INDEX_HTML}")
     if params.tracking.enabled:
         from heritageseg.ops.tracking import log_report
 
@@ -427,7 +447,7 @@ def _export_onnx(args: argparse.Namespace) -> None:
     from heritageseg.infer.backends import export_trained_onnx
 
     folder = Path(args.models) / args.arch
-    name = "model.int8.onnx" if args.int8 else "model.onnx"
+    name = paths.INT8_GRAPH if args.int8 else paths.ONNX_GRAPH
     out = Path(args.out) if args.out else folder / name
     check = export_trained_onnx(folder, out, int8=args.int8, cache=Path(args.cache))
     print(
@@ -438,35 +458,21 @@ def _export_onnx(args: argparse.Namespace) -> None:
 
 
 def _summary(args: argparse.Namespace) -> None:
-    from heritageseg.stages.summary import dataset_summary, results_summary
+    from heritageseg.stages.summary import (
+        dataset_summary,
+        read_manifest,
+        result_rows,
+        results_summary,
+    )
 
-    manifest = Path(args.raw) / "manifest.json"
-    if not manifest.exists():
-        raise HeritagesegError(f"{manifest} does not exist: run `dvc repro` (or make repro)")
-    print(dataset_summary(json.loads(manifest.read_text())))
-    rows = [_result_row(arch, Path(args.models), Path(args.metrics)) for arch in ARCHS]
-    rows = [row for row in rows if row]
+    print(dataset_summary(read_manifest(Path(args.raw))))
+    rows = result_rows(Path(args.models), Path(args.metrics))
     if rows:
         print()
         print(results_summary(rows))
-    report = Path("reports") / "index.html"
+    report = Path(args.reports) / paths.INDEX_HTML
     if report.is_file():
-        print(f"\nreport: {report.resolve().as_uri()} (and reports/benchmark.md)")
-
-
-def _result_row(arch: str, models: Path, metrics: Path) -> dict:
-    from heritageseg.nn.models import family
-
-    folder = models / arch
-    if not (folder / "train_metrics.json").is_file():
-        return {}
-    encoder = json.loads((folder / "config.json").read_text())["model"]["encoder"]
-    row = {**json.loads((folder / "train_metrics.json").read_text())}
-    row.update(encoder=encoder, family=family(encoder))
-    for key, name in (("test", "metrics.json"), ("native", "metrics_native.json")):
-        if (metrics / arch / name).is_file():
-            row[key] = json.loads((metrics / arch / name).read_text())
-    return row
+        print(f"\nreport: {report.resolve().as_uri()} (and {report.with_name(paths.BENCHMARK_MD)})")
 
 
 def _bench_ingest(args: argparse.Namespace) -> None:

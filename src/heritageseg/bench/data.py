@@ -12,6 +12,7 @@ import torch
 import torch.utils.data
 
 from heritageseg.core.config import IngestConfig
+from heritageseg.core.paths import SPLIT_TABLE
 from heritageseg.data.artefact import decode_record, iter_parquet
 from heritageseg.data.ingest import run_ingest, synthetic_records
 
@@ -54,7 +55,7 @@ def prepare_bench_cache(raw_cfg: IngestConfig, folder: Path, size: int) -> tuple
     run_ingest(dataclasses.replace(raw_cfg, source="synthetic"), raw)
     write_splits(read_metadata(raw), SplitConfig(), folder / "splits")
     cache = folder / "cache"
-    build_cache(raw, folder / "splits" / "split.csv", cache, PrepareConfig(size=size))
+    build_cache(raw, folder / "splits" / SPLIT_TABLE, cache, PrepareConfig(size=size))
     return raw, cache
 
 

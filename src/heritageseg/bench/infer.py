@@ -21,6 +21,7 @@ import torch
 from heritageseg.core.config import ModelConfig, Params
 from heritageseg.core.errors import HeritagesegError
 from heritageseg.core.fileio import atomic_write_text, write_json
+from heritageseg.core.paths import CONFIG
 from heritageseg.data.cache import CacheDataset
 from heritageseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from heritageseg.infer.backends import (
@@ -29,7 +30,7 @@ from heritageseg.infer.backends import (
     calibration_images,
     check_backend,
 )
-from heritageseg.nn.checkpoint import CONFIG, load_trained
+from heritageseg.nn.checkpoint import load_trained
 from heritageseg.nn.metrics import confusion, scores
 from heritageseg.nn.models import build_model
 

@@ -23,6 +23,7 @@ from PIL import Image
 
 from heritageseg.core.classes import NUM_CLASSES
 from heritageseg.core.errors import DataError, RecordError
+from heritageseg.core.paths import FOLDER_METADATA
 
 # The dataset card's own loader uses this limit; the largest image has about 133 M pixels.
 MAX_IMAGE_PIXELS = 243_748_701
@@ -119,7 +120,7 @@ def iter_parquet(path: str | Path) -> Iterator[RawRecord]:
 def iter_folder(path: str | Path) -> Iterator[RawRecord]:
     """Stream records from the dataset card's layout: metadata.csv + image/annotation PNGs."""
     root = Path(path)
-    with (root / "metadata.csv").open(newline="", encoding="utf-8") as handle:
+    with (root / FOLDER_METADATA).open(newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         missing = [c for c in ("id", "material", "content") if c not in (reader.fieldnames or [])]
         if missing:

@@ -27,6 +27,7 @@ from heritageseg.core.classes import BACKGROUND_ID
 from heritageseg.core.config import PrepareConfig
 from heritageseg.core.errors import DataError
 from heritageseg.core.fileio import atomic_dir, write_json
+from heritageseg.core.paths import CACHE_IMAGES, CACHE_INDEX, CACHE_INFO, CACHE_MASKS
 from heritageseg.data.artefact import (
     RawRecord,
     Record,
@@ -37,10 +38,6 @@ from heritageseg.data.artefact import (
 )
 from heritageseg.data.splits import check_no_leakage
 
-IMAGES = "images.npy"
-MASKS = "masks.npy"
-INDEX = "index.csv"
-INFO = "cache.json"
 INDEX_COLUMNS = [
     "row", "id", "split", "material", "content",
     "y", "x", "height", "width", "source_height", "source_width", "scale",
@@ -184,10 +181,10 @@ def build_cache(raw_dir: Path, split_csv: Path, out: Path, cfg: PrepareConfig) -
     side = cfg.size if cfg.mode == "resize" else cfg.tile_size
     with atomic_dir(out) as staging:
         images = np.lib.format.open_memmap(
-            staging / IMAGES, mode="w+", dtype=np.uint8, shape=(rows, side, side, 3)
+            staging / CACHE_IMAGES, mode="w+", dtype=np.uint8, shape=(rows, side, side, 3)
         )
         masks = np.lib.format.open_memmap(
-            staging / MASKS, mode="w+", dtype=np.uint8, shape=(rows, side, side)
+            staging / CACHE_MASKS, mode="w+", dtype=np.uint8, shape=(rows, side, side)
         )
         index: list[dict] = []
         for raw, shape, pieces in _parallel(_pieces_job, jobs(), workers, total, "prepare"):
@@ -201,11 +198,11 @@ def build_cache(raw_dir: Path, split_csv: Path, out: Path, cfg: PrepareConfig) -
         del images, masks
         frame = pd.DataFrame(index, columns=INDEX_COLUMNS)
         check_no_leakage(frame[["id", "split"]].drop_duplicates())
-        frame.to_csv(staging / INDEX, index=False)
+        frame.to_csv(staging / CACHE_INDEX, index=False)
         info = {"mode": cfg.mode, "side": side, "rows": rows, "records": total,
                 "tile_overlap": cfg.tile_overlap if cfg.mode == "tile" else None,
                 "rows_per_split": frame["split"].value_counts().sort_index().to_dict()}  # fmt: skip
-        write_json(staging / INFO, info)
+        write_json(staging / CACHE_INFO, info)
     return info
 
 
@@ -222,7 +219,7 @@ def _index_row(row: int, raw: RawRecord, split: str, shape: tuple, piece: Piece)
 
 
 def read_index(folder: Path) -> pd.DataFrame:
-    path = Path(folder) / INDEX
+    path = Path(folder) / CACHE_INDEX
     if not path.is_file():
         raise DataError(f"{path} not found: run `heritageseg prepare` first")
     return pd.read_csv(path, dtype={"id": str, "split": str})
@@ -231,7 +228,7 @@ def read_index(folder: Path) -> pd.DataFrame:
 def iter_masks(folder: Path, split: str, chunk: int = 64) -> Iterator[np.ndarray]:
     """The masks of one split, a chunk of rows at a time straight from the memmap."""
     rows = read_index(folder).query("split == @split")["row"].to_numpy()
-    masks = np.load(Path(folder) / MASKS, mmap_mode="r")
+    masks = np.load(Path(folder) / CACHE_MASKS, mmap_mode="r")
     for start in range(0, len(rows), chunk):
         yield np.asarray(masks[rows[start : start + chunk]])
 
@@ -261,8 +258,8 @@ class CacheDataset:
 
     def __getitem__(self, item: int) -> dict:
         if self._images is None:
-            self._images = np.load(self.folder / IMAGES, mmap_mode="r")
-            self._masks = np.load(self.folder / MASKS, mmap_mode="r")
+            self._images = np.load(self.folder / CACHE_IMAGES, mmap_mode="r")
+            self._masks = np.load(self.folder / CACHE_MASKS, mmap_mode="r")
         row = int(self.rows[item])
         image = np.array(self._images[row])
         mask = np.array(self._masks[row])

@@ -25,6 +25,7 @@ from heritageseg.core.classes import BACKGROUND_ID, CLASS_NAMES, colourise
 from heritageseg.core.config import IngestConfig
 from heritageseg.core.errors import DataError, RecordError
 from heritageseg.core.fileio import atomic_dir, write_json
+from heritageseg.core.paths import FOLDER_METADATA, MANIFEST, REJECTS
 from heritageseg.data.artefact import (
     PUBLISHED_COLUMNS,
     RawRecord,
@@ -35,9 +36,6 @@ from heritageseg.data.artefact import (
 )
 from heritageseg.data.shards import ShardWriter, encode_png, sha256_file
 from heritageseg.data.synth import SynthSample, generate_sample
-
-MANIFEST = "manifest.json"
-REJECTS = "rejects.csv"
 
 
 @dataclass
@@ -66,7 +64,7 @@ def open_source(cfg: IngestConfig) -> tuple[Iterator[RawRecord], int | None, dic
         return iter_parquet(folder), count_parquet_rows(folder), description
     path = Path(cfg.path or "")
     if cfg.source == "folder":
-        if not (path / "metadata.csv").is_file():
+        if not (path / FOLDER_METADATA).is_file():
             raise DataError(f"{path}: no metadata.csv; a folder source needs one (see README)")
         return iter_folder(path), None, {"kind": "folder", "path": str(path)}
     return iter_parquet(path), count_parquet_rows(path), {"kind": "parquet", "path": str(path)}

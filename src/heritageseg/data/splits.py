@@ -26,9 +26,9 @@ import pandas as pd
 from heritageseg.core.config import SplitConfig
 from heritageseg.core.errors import DataError
 from heritageseg.core.fileio import atomic_write_text
+from heritageseg.core.paths import FOLD_BY, SPLIT_TABLE, fold_table
 
 SPLITS = ("train", "val", "test")
-FOLD_BY = ("content", "material")
 META_COLUMNS = ("id", "material", "content")
 _MAX_LISTED = 10
 
@@ -124,12 +124,12 @@ def write_splits(meta: pd.DataFrame, cfg: SplitConfig, out: Path) -> SplitResult
     out/lo_material.csv (id,fold), each atomically. Everything is built and checked for
     leakage before the first file is written, so a failure leaves old outputs untouched."""
     split = make_splits(meta, cfg)
-    folds = {f"lo_{by}.csv": leave_one_out_folds(meta, by) for by in FOLD_BY}
+    folds = {fold_table(by): leave_one_out_folds(meta, by) for by in FOLD_BY}
     check_no_leakage(split)
     for fold in folds.values():
         check_no_leakage(fold, "fold")
     out = Path(out)
-    atomic_write_text(out / "split.csv", _csv(split))
+    atomic_write_text(out / SPLIT_TABLE, _csv(split))
     for name, fold in folds.items():
         atomic_write_text(out / name, _csv(fold))
     return _summary(split)

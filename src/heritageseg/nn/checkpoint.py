@@ -24,11 +24,9 @@ from safetensors.torch import load_file, save_file
 from heritageseg.core.config import ModelConfig, from_mapping
 from heritageseg.core.errors import HeritagesegError
 from heritageseg.core.fileio import atomic_dir, write_json
+from heritageseg.core.paths import CONFIG, RESUME, WEIGHTS
 from heritageseg.nn.models import build_model
 
-WEIGHTS = "model.safetensors"
-CONFIG = "config.json"
-RESUME = "resume"
 _STATE_TENSORS = "state.safetensors"
 _STATE_JSON = "state.json"
 
@@ -106,6 +104,12 @@ def save_resume(folder: Path, objects: dict[str, Any], extra: dict) -> None:
     with atomic_dir(folder / RESUME) as staging:
         save_file(tensors, str(staging / _STATE_TENSORS))
         write_json(staging / _STATE_JSON, plain)
+
+
+def resume_extra(folder: Path) -> dict | None:
+    """The `extra` saved with the resume state (without loading its tensors); None if none."""
+    path = folder / RESUME / _STATE_JSON
+    return json.loads(path.read_text())["extra"] if path.is_file() else None
 
 
 def load_resume(folder: Path, objects: dict[str, Any]) -> dict | None:

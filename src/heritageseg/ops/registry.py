@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from heritageseg.core.config import TrackingConfig
+from heritageseg.core.paths import CONFIG, WEIGHTS
 from heritageseg.ops.tracking import (
     PRODUCTION,
     TAG_ARCH,
@@ -74,8 +75,8 @@ def log_model(run_id: str, arch: str, model_dir: Path, overlap: int, register: b
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(package / "infer" / "pyfunc_model.py"),
-            artifacts={"weights": str(model_dir / "model.safetensors"),
-                       "config": str(model_dir / "config.json"), "serving": str(serving)},
+            artifacts={"weights": str(model_dir / WEIGHTS),
+                       "config": str(model_dir / CONFIG), "serving": str(serving)},
             code_paths=[str(package)],
             signature=_signature(),
             input_example=example,

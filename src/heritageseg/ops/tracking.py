@@ -31,15 +31,14 @@ from typing import Any
 from heritageseg.core.config import Params, TrackingConfig
 from heritageseg.core.errors import HeritagesegError
 from heritageseg.core.fileio import write_json
+from heritageseg.core.paths import CONFIG, HISTORY, MANIFEST, METRICS_FILE, RUN_FILE, TRAIN_METRICS
 
 DEFAULT_URI = "sqlite:///mlruns/mlflow.db"
-RUN_FILE = "mlflow.json"
 BENCHMARK_ENV = "HERITAGESEG_BENCHMARK"
 TAG_BENCHMARK = "heritageseg.benchmark"
 TAG_ROLE = "heritageseg.role"
 TAG_ARCH = "heritageseg.arch"
 PRODUCTION = "production"
-_HISTORY_TAG = "heritageseg.production_history"  # registered-model tag: JSON list of versions
 
 
 class TrackingError(HeritagesegError):
@@ -263,7 +262,7 @@ def start_training(
     from mlflow.tracking import MlflowClient
 
     experiment_id = connect(params.tracking)
-    manifest = raw / "manifest.json"
+    manifest = raw / MANIFEST
     benchmark = benchmark_id(params_file, manifest)
     parent = parent_run(experiment_id, benchmark)
     client = MlflowClient()
@@ -297,7 +296,7 @@ def training_run(
     tracker = start_training(params, params_file, arch, out, raw)
     with failing_run(tracker.run_id):
         yield tracker
-    finish_training(tracker, out, json.loads((out / "train_metrics.json").read_text()))
+    finish_training(tracker, out, json.loads((out / TRAIN_METRICS).read_text()))
 
 
 def _stage_params(params: Params, arch: str) -> dict[str, str]:
@@ -344,13 +343,13 @@ def _finish_training(tracker: RunTracker, model_dir: Path, summary: dict) -> Non
     client = MlflowClient()
     if not tracker.flush():
         raise TrackingError(f"{len(tracker.pending)} epoch metrics left unsent")
-    config = json.loads((model_dir / "config.json").read_text())
+    config = json.loads((model_dir / CONFIG).read_text())
     resolved = {k: v for k, v in flatten(config, "config").items() if not k.startswith(
         ("config.train.", "config.augment.", "config.model."))}  # fmt: skip
     log_params(tracker.run_id, resolved)
     numbers = {k: float(v) for k, v in summary.items() if isinstance(v, int | float)}
     client.log_batch(tracker.run_id, metrics=_metrics(numbers))
-    for name in ("history.csv", "config.json", "train_metrics.json"):
+    for name in (HISTORY, CONFIG, TRAIN_METRICS):
         if (model_dir / name).is_file():
             client.log_artifact(tracker.run_id, str(model_dir / name), "train")
     client.set_terminated(tracker.run_id)
@@ -400,7 +399,7 @@ def log_evaluation(
     saved = read_run_file(model_dir)
     client = MlflowClient()
     if saved is None:
-        manifest = raw / "manifest.json"
+        manifest = raw / MANIFEST
         benchmark = benchmark_id(params_file, manifest)
         parent = parent_run(experiment_id, benchmark)
         run_id = client.create_run(experiment_id, run_name=arch, tags={
@@ -451,7 +450,7 @@ def log_benchmark_run(cfg: TrackingConfig, name: str, metrics: dict[str, float],
 def metrics_prefix(file_name: str, document: dict) -> str:
     """test / test_native (val / val_native): the metric names' prefix for a document."""
     split = document.get("split", "test")
-    return split if file_name == "metrics.json" else f"{split}_native"
+    return split if file_name == METRICS_FILE else f"{split}_native"
 
 
 def _log_metrics_document(client, run_id: str, document: dict, prefix: str) -> None:

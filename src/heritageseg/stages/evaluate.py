@@ -25,6 +25,14 @@ from heritageseg.core.classes import CLASS_NAMES, NUM_CLASSES
 from heritageseg.core.config import Params
 from heritageseg.core.errors import ConfigError, HeritagesegError
 from heritageseg.core.fileio import atomic_dir, write_json
+from heritageseg.core.paths import (
+    METRICS_FILE,
+    NATIVE_METRICS_FILE,
+    PER_CLASS,
+    PER_IMAGE,
+    PLOTS,
+    SPLIT_TABLE,
+)
 from heritageseg.data.artefact import decode_record, iter_parquet
 from heritageseg.data.cache import CacheDataset, read_split
 from heritageseg.data.transforms import eval_transform
@@ -35,11 +43,6 @@ from heritageseg.nn.metrics import bootstrap_miou, confusion, scores
 from heritageseg.nn.models import count_parameters
 from heritageseg.stages import pictures as viz
 
-METRICS = "metrics.json"
-NATIVE_METRICS = "metrics_native.json"
-PER_IMAGE = "per_image.npz"
-PER_CLASS = "per_class.csv"
-PLOTS = "plots"
 SAMPLES = 9
 
 
@@ -157,12 +160,12 @@ def run_evaluation(
     if cfg.resolution in ("prepared", "both"):
         scored["prepared"] = score_prepared(predict, cache, split, trained, cfg.batch_size)
     if cfg.resolution in ("native", "both"):
-        table = read_split(splits / "split.csv")
+        table = read_split(splits / SPLIT_TABLE)
         ids = set(table.loc[table["split"] == split, "id"])
         scored["native"] = score_native(
             predict, raw, ids, trained, cfg.batch_size, cfg.tile_overlap
         )
-    names = dict(zip(scored, (METRICS, NATIVE_METRICS), strict=False))
+    names = dict(zip(scored, (METRICS_FILE, NATIVE_METRICS_FILE), strict=False))
     documents = {
         names[key]: metrics_document(arch, split, result, params_m, cfg.bootstrap, cfg.seed, device)
         for key, result in scored.items()
@@ -224,7 +227,7 @@ def per_class_table(documents: dict[str, dict]) -> str:
     """CSV, one row per class: the prepared-size scores, and native IoU when evaluated."""
     columns = ["class", "iou", "dice", "precision", "recall", "f1", "support", "present"]
     first = next(iter(documents.values()))
-    native = documents.get(NATIVE_METRICS) if METRICS in documents else None
+    native = documents.get(NATIVE_METRICS_FILE) if METRICS_FILE in documents else None
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(columns + (["native_iou", "native_support"] if native else []))

@@ -20,12 +20,22 @@ import pandas as pd
 from heritageseg.core.config import Params
 from heritageseg.core.errors import DataError
 from heritageseg.core.fileio import atomic_dir, atomic_write_text, write_json
-from heritageseg.data.cache import IMAGES, INDEX, INFO, MASKS, iter_masks, read_index
+from heritageseg.core.paths import (
+    CACHE_IMAGES,
+    CACHE_INDEX,
+    CACHE_INFO,
+    CACHE_MASKS,
+    CLASS_WEIGHTS,
+    FOLD_BY,
+    LOCO_SUMMARY,
+    LOCO_SUMMARY_MD,
+    METRICS_FILE,
+    fold_table,
+)
+from heritageseg.data.cache import iter_masks, read_index
 from heritageseg.data.weights import pixel_counts, weights_document
 from heritageseg.stages.evaluate import run_evaluation, write_evaluation
 from heritageseg.stages.train import run_training
-
-FOLD_FILES = {"content": "lo_content.csv", "material": "lo_material.csv"}
 
 
 def slug(value: str) -> str:
@@ -48,19 +58,19 @@ def fold_index(index: pd.DataFrame, folds: pd.DataFrame, held_out: str) -> pd.Da
 def write_fold_cache(cache: Path, index: pd.DataFrame, out: Path) -> None:
     """A cache folder that links the memmaps and holds the fold's own index."""
     with atomic_dir(out) as staging:
-        for name in (IMAGES, MASKS):
+        for name in (CACHE_IMAGES, CACHE_MASKS):
             os.symlink((cache / name).resolve(), staging / name)
-        shutil.copy(cache / INFO, staging / INFO)
-        index.to_csv(staging / INDEX, index=False)
+        shutil.copy(cache / CACHE_INFO, staging / CACHE_INFO)
+        index.to_csv(staging / CACHE_INDEX, index=False)
 
 
 def run_leave_one_out(
     params: Params, arch: str, *, cache: Path, splits: Path, out: Path, by: str = "content"
 ) -> dict:  # fmt: skip
     """Train and test `arch` once per held-out value; return (and write) the summary."""
-    if by not in FOLD_FILES:
-        raise DataError(f"leave-one-out by {by!r}: choose one of {', '.join(FOLD_FILES)}")
-    folds = pd.read_csv(splits / FOLD_FILES[by], dtype=str)
+    if by not in FOLD_BY:
+        raise DataError(f"leave-one-out by {by!r}: choose one of {', '.join(FOLD_BY)}")
+    folds = pd.read_csv(splits / fold_table(by), dtype=str)
     index = read_index(cache)
     params = replace(params, evaluate=replace(params.evaluate, resolution="prepared"))
     results = {}
@@ -72,8 +82,8 @@ def run_leave_one_out(
     spread = float(mious.std(ddof=1)) if len(mious) > 1 else 0.0
     summary = {"arch": arch, "by": by, "folds": results, "miou_mean": float(mious.mean()),
                "miou_std": spread}  # fmt: skip
-    write_json(out / "summary.json", summary)
-    atomic_write_text(out / "summary.md", summary_markdown(summary))
+    write_json(out / LOCO_SUMMARY, summary)
+    atomic_write_text(out / LOCO_SUMMARY_MD, summary_markdown(summary))
     return summary
 
 
@@ -83,13 +93,13 @@ def _run_fold(params: Params, arch: str, cache: Path, index: pd.DataFrame, out: 
     fold_cache = out / "cache"
     write_fold_cache(cache, index, fold_cache)
     weights = weights_document(pixel_counts(iter_masks(fold_cache, "train")), params.weights)
-    write_json(out / "class_weights.json", weights)
-    run_training(params, arch, fold_cache, out / "class_weights.json", out / "model",
+    write_json(out / CLASS_WEIGHTS.name, weights)
+    run_training(params, arch, fold_cache, out / CLASS_WEIGHTS.name, out / "model",
                  fresh=True, progress=False)  # fmt: skip
     evaluation = run_evaluation(params, arch, cache=fold_cache, raw=Path(), splits=Path(),
                                 model_dir=out / "model", split="test")  # fmt: skip
     write_evaluation(evaluation, out / "metrics")
-    document = evaluation.documents["metrics.json"]
+    document = evaluation.documents[METRICS_FILE]
     counts = index["split"].value_counts()
     return {
         "miou": document["miou"],

@@ -11,7 +11,6 @@ import base64
 import csv
 import html
 import itertools
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,13 +19,22 @@ import numpy as np
 from heritageseg.core.classes import CLASS_NAMES
 from heritageseg.core.errors import HeritagesegError
 from heritageseg.core.fileio import atomic_dir, atomic_write_text, write_json
+from heritageseg.core.paths import (
+    BENCHMARK_MD,
+    COMPARISONS,
+    FIGURES,
+    HISTORY,
+    INDEX_HTML,
+    METRICS_FILE,
+    PER_IMAGE,
+    PLOTS,
+    RESOLUTION_FILES,
+    TRAIN_METRICS,
+)
 from heritageseg.nn.metrics import majority_baseline_miou, paired_bootstrap
 from heritageseg.nn.models import family
 from heritageseg.stages import pictures as viz
-from heritageseg.stages.evaluate import METRICS, NATIVE_METRICS, PER_IMAGE, PLOTS
-
-RESOLUTIONS = {"prepared": METRICS, "native": NATIVE_METRICS}
-FIGURES = "figures"
+from heritageseg.stages.results import read_metrics, read_training
 
 
 @dataclass
@@ -59,24 +67,20 @@ class Section:
 def load_result(arch: str, metrics: Path, models: Path) -> ArchResult | None:
     """The architecture's files, or None when it has not been evaluated."""
     folder = metrics / arch
-    if not (folder / METRICS).is_file():
+    if not (folder / METRICS_FILE).is_file():
         return None
     model_dir = models / arch
-    for needed in ("config.json", "train_metrics.json"):
-        if not (model_dir / needed).is_file():
-            raise HeritagesegError(f"{model_dir / needed} not found: run `heritageseg train`")
-    documents = {
-        key: json.loads((folder / name).read_text())
-        for key, name in RESOLUTIONS.items()
-        if (folder / name).is_file()
-    }
+    training = read_training(model_dir)
+    if training is None:
+        raise HeritagesegError(f"{model_dir / TRAIN_METRICS} not found: run `heritageseg train`")
+    documents = read_metrics(folder)
     return ArchResult(
         arch=arch,
-        encoder=json.loads((model_dir / "config.json").read_text())["model"]["encoder"],
-        training=json.loads((model_dir / "train_metrics.json").read_text()),
+        encoder=training["encoder"],
+        training=training,
         metrics=documents,
         per_image=_per_image(folder / PER_IMAGE, documents),
-        history=_history(model_dir / "history.csv"),
+        history=_history(model_dir / HISTORY),
         plots={p.name: p for p in sorted((folder / PLOTS).glob("*.png"))},
     )
 
@@ -100,7 +104,7 @@ def compare(
 ) -> dict[str, list[dict]]:  # fmt: skip
     """Paired bootstrap of mIoU(a) - mIoU(b) for every pair, per resolution."""
     out: dict[str, list[dict]] = {}
-    for resolution in RESOLUTIONS:
+    for resolution in RESOLUTION_FILES:
         pairs = []
         for a, b in itertools.combinations(results, 2):
             if resolution not in a.per_image or resolution not in b.per_image:
@@ -240,7 +244,7 @@ def build_sections(
                 [comparison_table(pairs)],
             )
         )
-    for resolution in RESOLUTIONS:
+    for resolution in RESOLUTION_FILES:
         if any(resolution in r.metrics for r in results):
             sections.append(
                 Section(
@@ -280,7 +284,7 @@ def build_sections(
 
 def comparison_figures(results: list[ArchResult]) -> dict[str, bytes]:
     out = {}
-    for resolution in RESOLUTIONS:
+    for resolution in RESOLUTION_FILES:
         series = {
             r.arch: {
                 name: (entry["iou"] if entry["present"] else None)
@@ -375,7 +379,7 @@ def run_report(
     for r in results:
         r.plots = {name: figures / f"{r.arch}_{name}" for name in r.plots}
     sections = build_sections(results, comparisons, {name: figures / name for name in pictures})
-    atomic_write_text(out / "benchmark.md", render_markdown(sections, out))
-    atomic_write_text(out / "index.html", render_html(sections))
-    write_json(out / "comparisons.json", comparisons)
+    atomic_write_text(out / BENCHMARK_MD, render_markdown(sections, out))
+    atomic_write_text(out / INDEX_HTML, render_html(sections))
+    write_json(out / COMPARISONS, comparisons)
     return results

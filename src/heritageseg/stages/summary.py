@@ -2,8 +2,36 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from heritageseg.core.classes import CLASS_NAMES
+from heritageseg.core.config import ARCHS
+from heritageseg.core.errors import HeritagesegError
+from heritageseg.core.paths import MANIFEST
 from heritageseg.nn.metrics import majority_baseline_miou
+from heritageseg.stages.results import read_metrics, read_training
+
+
+def read_manifest(raw: Path) -> dict:
+    path = raw / MANIFEST
+    if not path.is_file():
+        raise HeritagesegError(f"{path} does not exist: run `dvc repro` (or make repro)")
+    return json.loads(path.read_text())
+
+
+def result_rows(models: Path, metrics: Path) -> list[dict]:
+    """One row per trained architecture: its training figures and, once evaluated, the test
+    scores at the prepared size (`test`) and at full resolution (`native`)."""
+    rows = []
+    for arch in ARCHS:
+        training = read_training(models / arch)
+        if training is None:
+            continue
+        documents = read_metrics(metrics / arch)
+        keys = {"test": "prepared", "native": "native"}
+        rows.append({**training, **{k: documents[r] for k, r in keys.items() if r in documents}})
+    return rows
 
 
 def dataset_summary(manifest: dict) -> str:

@@ -29,12 +29,13 @@ import torch.distributed as dist
 import torch.utils.data
 
 from heritageseg.core.classes import CLASS_NAMES
-from heritageseg.core.config import Params
+from heritageseg.core.config import ARCHS, Params
 from heritageseg.core.errors import HeritagesegError
 from heritageseg.core.fileio import atomic_write_text, write_json
-from heritageseg.data.cache import INFO, CacheDataset
+from heritageseg.core.paths import CACHE_INFO, HISTORY, TRAIN_METRICS
+from heritageseg.data.cache import CacheDataset
 from heritageseg.data.transforms import eval_transform, normalization, train_transform
-from heritageseg.nn.checkpoint import load_resume, save_resume, save_weights
+from heritageseg.nn.checkpoint import load_resume, resume_extra, save_resume, save_weights
 from heritageseg.nn.engine import (
     evaluate,
     peak_memory_mb,
@@ -46,8 +47,6 @@ from heritageseg.nn.losses import build_loss
 from heritageseg.nn.metrics import miou
 from heritageseg.nn.models import build_model, count_parameters
 
-HISTORY = "history.csv"
-TRAIN_METRICS = "train_metrics.json"
 HISTORY_COLUMNS = [
     "epoch",
     "train_loss",
@@ -197,7 +196,7 @@ def run_training(
     device_ = pick_device(rank, device)
     seed_everything(cfg.seed + rank.rank)
     precision = resolve_precision(cfg.precision, device_)
-    cache_info = json.loads((cache / INFO).read_text())
+    cache_info = json.loads((cache / CACHE_INFO).read_text())
     mean, std = normalization(model_cfg.encoder)
     train_set = CacheDataset(
         cache,
@@ -343,10 +342,8 @@ def _start_state(out: Path, objects: dict, fingerprint: str, fresh: bool) -> dic
 
 
 def _resume_fingerprint(out: Path) -> str | None:
-    path = out / "resume" / "state.json"
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text())["extra"].get("fingerprint")
+    extra = resume_extra(out)
+    return None if extra is None else extra.get("fingerprint")
 
 
 def _fingerprint(params: Params, arch: str, cache_info: dict) -> str:
@@ -389,11 +386,7 @@ def _resolved_config(params, arch, mean, std, cache_info, precision, lr) -> dict
     return {
         "arch": arch,
         "model": dataclasses.asdict(params.train.model(arch)),
-        "train": {
-            k: v
-            for k, v in dataclasses.asdict(params.train).items()
-            if k not in ("convnext", "segformer", "maxvit")
-        },
+        "train": {k: v for k, v in dataclasses.asdict(params.train).items() if k not in ARCHS},
         "augment": dataclasses.asdict(params.augment),
         "lr": lr,
         "precision": str(precision.dtype).replace("torch.", "") if precision.dtype else "fp32",
