@@ -34,7 +34,7 @@ def test_paper_profile_is_the_reference_configuration(params_copy):
         model = train.model(arch)
         assert (model.encoder, model.decoder, model.image_size) == (encoder, "unet", 384)
         assert model.batch_size == batch and train.lr_for(arch) == pytest.approx(lr, rel=1e-3)
-        assert model.encoder_weights is None and model.head == "fine"
+        assert model.encoder_weights == "imagenet" and model.head == "fine"
     assert (train.epochs, train.patience, train.weight_decay) == (50, 10, 0.01)
     assert (train.scheduler, train.precision) == ("onecycle", "auto")
     assert (train.loss.dice, train.loss.ce, train.loss.focal) == (1.0, 0.0, 0.0)

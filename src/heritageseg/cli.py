@@ -408,6 +408,7 @@ def _track_evaluation(args: argparse.Namespace, params, arch: str, documents: di
 def _profile(args: argparse.Namespace) -> None:
     from heritageseg.ops.profiles import apply_profile, available
 
+    load_params(args.params)  # the file a profile rewrites must exist and be valid first
     if not args.name:
         print("profiles: " + ", ".join(available()))
         return
