@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from heritageseg.core.config import load_params
+from heritageseg.core.config import flatten_keys, load_params
 from heritageseg.core.errors import ConfigError
-from heritageseg.ops.profiles import PROFILES, apply_profile, available, flatten, set_values
+from heritageseg.ops.profiles import PROFILES, apply_profile, available, set_values
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,7 +74,7 @@ def test_the_laptop_profile_is_the_committed_default(params_copy):
 
 
 def _flat_keys(path: Path) -> list[str]:
-    return list(flatten(yaml.safe_load(path.read_text())))
+    return list(flatten_keys(yaml.safe_load(path.read_text())))
 
 
 def test_unknown_profile_key_or_bad_value_leaves_params_untouched(params_copy, tmp_path):

@@ -15,10 +15,15 @@ from heritageseg.data.synth import (
     MATERIALS,
     SynthSample,
     generate_sample,
-    iter_samples,
 )
 
 N = 200
+
+
+def iter_samples(n: int, seed: int = 0, min_size: int = 256, max_size: int = 512):
+    """Samples 0..n-1 of the set `seed`, as ingest draws them."""
+    for i in range(n):
+        yield generate_sample(i, seed, min_size, max_size, 0.3)
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ from heritageseg.data.ingest import run_ingest
 from heritageseg.data.splits import write_splits
 from heritageseg.data.transforms import eval_transform, normalization
 from heritageseg.data.weights import pixel_counts, weights_document
-from heritageseg.nn.checkpoint import load_weights
+from heritageseg.nn.checkpoint import load_trained
 from heritageseg.nn.engine import NonFiniteLossError, evaluate, resolve_precision, train_one_epoch
 from heritageseg.nn.losses import build_loss
 from heritageseg.nn.models import build_model
@@ -100,8 +100,9 @@ def test_training_writes_weights_config_history_and_metrics(tiny, tmp_path):
     assert config["model"]["encoder"] == "mit_b0"
     assert len(config["normalization"]["mean"]) == 3
     assert config["best_epoch"] == result.best_epoch
-    model = build_model(load_params(tiny / "params.yaml").train.segformer)
-    assert load_weights(model, folder)["arch"] == "segformer"
+    trained = load_trained(folder)
+    assert trained.model == load_params(tiny / "params.yaml").train.segformer
+    assert trained.config["arch"] == "segformer"
     metrics = json.loads((folder / "train_metrics.json").read_text())
     assert metrics["epochs_run"] == 3 and metrics["params_m"] > 1
 

@@ -288,6 +288,19 @@ def from_mapping(cls: type, data: Any, where: str, base: Any = None) -> Any:
     return dataclasses.replace(base, **values)
 
 
+def flatten_keys(data: Any, prefix: str = "") -> dict[str, Any]:
+    """{'train': {'epochs': 8}} (a mapping or a config dataclass) -> {'train.epochs': 8}."""
+    if dataclasses.is_dataclass(data):
+        data = dataclasses.asdict(data)
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(flatten_keys(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def with_overrides(config: Any, **overrides: Any) -> Any:
     """Replace the fields given (None means 'not given'), re-running validation."""
     given = {k: v for k, v in overrides.items() if v is not None}

@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from heritageseg.core.errors import HeritagesegError
-from heritageseg.nn.metrics import ConfusionMatrix
+from heritageseg.nn.metrics import ConfusionMatrix, all_reduce_sum
 from heritageseg.nn.models import fine_logits
 
 CPU = torch.device("cpu")
@@ -208,9 +208,5 @@ def _optimizer_step(
 
 
 def _all_reduce_sum(loss_sum: torch.Tensor, images: int) -> tuple[float, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        device = "cuda" if torch.distributed.get_backend() == "nccl" else "cpu"
-        packed = torch.tensor([loss_sum.item(), float(images)], dtype=torch.float64, device=device)
-        torch.distributed.all_reduce(packed)
-        return packed[0].item(), int(packed[1].item())
-    return loss_sum.item(), images
+    packed = all_reduce_sum(torch.tensor([loss_sum.item(), float(images)], dtype=torch.float64))
+    return packed[0].item(), int(packed[1].item())

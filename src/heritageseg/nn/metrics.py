@@ -15,6 +15,16 @@ import torch
 from heritageseg.core.classes import BACKGROUND_ID, CLASS_NAMES, NUM_CLASSES
 
 
+def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
+    """`values` summed over every rank, on the CPU (itself outside torch.distributed)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return values
+    device = "cuda" if torch.distributed.get_backend() == "nccl" else "cpu"
+    total = values.to(device)
+    torch.distributed.all_reduce(total)
+    return total.cpu()
+
+
 class ConfusionMatrix:
     """Pixel counts, rows = ground truth, columns = prediction, ignore label excluded."""
 
@@ -29,12 +39,7 @@ class ConfusionMatrix:
 
     def all_reduce(self) -> None:
         """Sum the matrices of every rank (no-op outside torch.distributed)."""
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            backend = torch.distributed.get_backend()
-            device = "cuda" if backend == "nccl" else "cpu"
-            total = self.matrix.to(device)
-            torch.distributed.all_reduce(total)
-            self.matrix = total.cpu()
+        self.matrix = all_reduce_sum(self.matrix)
 
     def numpy(self) -> np.ndarray:
         return self.matrix.numpy().copy()

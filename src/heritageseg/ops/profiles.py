@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from heritageseg.core.config import Params, from_mapping
+from heritageseg.core.config import Params, flatten_keys, from_mapping
 from heritageseg.core.errors import ConfigError
 from heritageseg.core.fileio import atomic_write_text
 
@@ -22,18 +22,6 @@ _LINE = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z_][\w-]*):(?P<rest>.*)$")
 
 def available(folder: Path = PROFILES) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.yaml"))
-
-
-def flatten(mapping: dict, prefix: str = "") -> dict[str, object]:
-    """{'train': {'epochs': 8}} -> {'train.epochs': 8}."""
-    flat = {}
-    for key, value in mapping.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
 
 
 def _scalar(value: object) -> str:
@@ -72,7 +60,7 @@ def apply_profile(name: str, params_path: Path, folder: Path = PROFILES) -> dict
     source = folder / f"{name}.yaml"
     if not source.is_file():
         raise ConfigError(f"no profile {name!r}; available: {', '.join(available(folder))}")
-    values = flatten(yaml.safe_load(source.read_text()) or {})
+    values = flatten_keys(yaml.safe_load(source.read_text()) or {})
     text = set_values(params_path.read_text(), values)
     from_mapping(Params, yaml.safe_load(text), where=f"{params_path} with profile {name}")
     atomic_write_text(params_path, text)

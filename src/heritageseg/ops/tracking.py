@@ -21,6 +21,7 @@ import json
 import os
 import socket
 import subprocess
+import tempfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from heritageseg.core.config import Params, TrackingConfig
+from heritageseg.core.config import Params, TrackingConfig, flatten_keys
 from heritageseg.core.errors import HeritagesegError
 from heritageseg.core.fileio import write_json
 from heritageseg.core.paths import CONFIG, HISTORY, MANIFEST, METRICS_FILE, RUN_FILE, TRAIN_METRICS
@@ -171,16 +172,12 @@ def run_tags(stage: str, manifest: Path | None) -> dict[str, str]:
     return tags
 
 
-def flatten(data: Any, prefix: str = "") -> dict[str, str]:
-    """Nested mappings -> {"a.b.c": "value"} (MLflow params are flat strings)."""
-    if dataclasses.is_dataclass(data):
-        data = dataclasses.asdict(data)
-    if not isinstance(data, dict):
-        return {prefix: json.dumps(data) if isinstance(data, list | tuple) else str(data)}
-    flat: dict[str, str] = {}
-    for key, value in data.items():
-        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-    return flat
+def flatten(data: Any, prefix: str) -> dict[str, str]:
+    """A params section or config as MLflow params: {"prefix.a.b": "value"}, lists as JSON."""
+    return {
+        key: json.dumps(value) if isinstance(value, list | tuple) else str(value)
+        for key, value in flatten_keys(data, f"{prefix}.").items()
+    }
 
 
 # ---------------------------------------------------------------- runs
@@ -454,6 +451,10 @@ def metrics_prefix(file_name: str, document: dict) -> str:
 
 
 def _log_metrics_document(client, run_id: str, document: dict, prefix: str) -> None:
+    import numpy as np
+
+    from heritageseg.stages.pictures import confusion_heatmap
+
     scalars = {f"{prefix}_{k}": float(v) for k, v in document.items()
                if isinstance(v, int | float) and not isinstance(v, bool)}  # fmt: skip
     low, high = document["miou_ci95"]
@@ -466,28 +467,14 @@ def _log_metrics_document(client, run_id: str, document: dict, prefix: str) -> N
     client.log_dict(run_id, {"classes": table["class"], "rows": "ground truth",
                              "columns": "prediction", "matrix": document["confusion_matrix"]},
                     f"evaluate/{prefix}_confusion_matrix.json")  # fmt: skip
-    client.log_figure(run_id, confusion_figure(document), f"evaluate/{prefix}_confusion_matrix.png")
+    _log_png(client, run_id, f"evaluate/{prefix}_confusion_matrix.png", confusion_heatmap(
+        np.asarray(document["confusion_matrix"]),
+        f"{document['arch']} {document['split']}: mIoU {100 * document['miou']:.1f}%",
+    ))  # fmt: skip
 
 
-def confusion_figure(document: dict):
-    """Row-normalised confusion matrix (recall per true class) as a matplotlib figure."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    matrix = np.asarray(document["confusion_matrix"], dtype=float)
-    rows = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
-    names = list(document["per_class"])
-    figure, axes = plt.subplots(figsize=(9, 8), dpi=100)
-    image = axes.imshow(rows, cmap="viridis", vmin=0, vmax=1)
-    axes.set_xticks(range(len(names)), names, rotation=90)
-    axes.set_yticks(range(len(names)), names)
-    axes.set_xlabel("prediction")
-    axes.set_ylabel("ground truth")
-    axes.set_title(f"{document['arch']} {document['split']}: mIoU {100 * document['miou']:.1f}%")
-    figure.colorbar(image, ax=axes, label="share of the true class's pixels")
-    figure.tight_layout()
-    plt.close(figure)
-    return figure
+def _log_png(client, run_id: str, artifact: str, png: bytes) -> None:
+    folder, name = artifact.rsplit("/", 1)
+    with tempfile.TemporaryDirectory() as temp:
+        (Path(temp) / name).write_bytes(png)
+        client.log_artifact(run_id, str(Path(temp) / name), folder)

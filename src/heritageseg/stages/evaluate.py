@@ -41,7 +41,7 @@ from heritageseg.nn.checkpoint import Trained, load_trained
 from heritageseg.nn.engine import peak_memory_mb, resolve_precision
 from heritageseg.nn.metrics import bootstrap_miou, confusion, scores
 from heritageseg.nn.models import count_parameters
-from heritageseg.stages import pictures as viz
+from heritageseg.stages import pictures
 
 SAMPLES = 9
 
@@ -64,7 +64,7 @@ class Evaluation:
     split: str
     scored: dict[str, Scored]  # "prepared" / "native"
     documents: dict[str, dict]  # file name -> metrics.json document
-    samples: list[viz.Sample]
+    samples: list[pictures.Sample]
 
 
 def score_prepared(
@@ -176,7 +176,7 @@ def run_evaluation(
 
 def predict_samples(
     predict: Predict, cache: Path, split: str, trained: Trained, count: int
-) -> list[viz.Sample]:
+) -> list[pictures.Sample]:
     """`count` cached samples chosen to show as many classes as possible, with predictions."""
     transform = eval_transform(trained.model.image_size, trained.mean, trained.std)
     dataset = CacheDataset(cache, split, transform)
@@ -191,12 +191,12 @@ def predict_samples(
     std = torch.tensor(trained.std).view(3, 1, 1)
     samples = []
     with torch.no_grad():
-        for index in viz.select_samples(supports, count):
+        for index in pictures.select_samples(supports, count):
             item = dataset[index]
             logits = predict(item["image"][None])
             image = ((item["image"] * std + mean) * 255).clamp(0, 255).byte()
             samples.append(
-                viz.Sample(
+                pictures.Sample(
                     name=str(dataset.index["id"].iloc[index]),
                     image=image.permute(1, 2, 0).numpy(),
                     truth=item["mask"].numpy().astype(np.uint8),
@@ -218,7 +218,7 @@ def write_evaluation(evaluation: Evaluation, folder: Path) -> None:
             **{key: s.per_image for key, s in evaluation.scored.items()},
         )
         (staging / PER_CLASS).write_text(per_class_table(evaluation.documents))
-        for name, png in pictures(evaluation).items():
+        for name, png in evaluation_pictures(evaluation).items():
             (staging / PLOTS).mkdir(exist_ok=True)
             (staging / PLOTS / name).write_bytes(png)
 
@@ -240,26 +240,26 @@ def per_class_table(documents: dict[str, dict]) -> str:
     return buffer.getvalue()
 
 
-def pictures(evaluation: Evaluation) -> dict[str, bytes]:
+def evaluation_pictures(evaluation: Evaluation) -> dict[str, bytes]:
     """PNG files of plots/: samples, confusion heatmaps, per-class IoU, class distribution."""
     title = f"{evaluation.arch} on {evaluation.split}"
     out = {}
     if evaluation.samples:
-        out["samples.png"] = viz.sample_panels(evaluation.samples, title)
+        out["samples.png"] = pictures.sample_panels(evaluation.samples, title)
     series = {}
     for key, scored in evaluation.scored.items():
         matrix = scored.per_image.sum(axis=0)
         suffix = "" if key == "prepared" or len(evaluation.scored) == 1 else f"_{key}"
-        out[f"confusion{suffix}.png"] = viz.confusion_heatmap(
+        out[f"confusion{suffix}.png"] = pictures.confusion_heatmap(
             matrix, f"{title}: confusion ({key} resolution, row-normalised)"
         )
         per_class = scores(matrix)["per_class"]
         series[key] = {n: (e["iou"] if e["present"] else None) for n, e in per_class.items()}
         if key == "prepared" or len(evaluation.scored) == 1:
-            out["class_distribution.png"] = viz.class_distribution(
+            out["class_distribution.png"] = pictures.class_distribution(
                 matrix, f"{title}: class distribution ({key} resolution)"
             )
-    out["per_class_iou.png"] = viz.per_class_bars(series, f"{title}: IoU per class", "IoU (%)")
+    out["per_class_iou.png"] = pictures.per_class_bars(series, f"{title}: IoU per class", "IoU (%)")
     return out
 
 

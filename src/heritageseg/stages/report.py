@@ -33,7 +33,7 @@ from heritageseg.core.paths import (
 )
 from heritageseg.nn.metrics import majority_baseline_miou, paired_bootstrap
 from heritageseg.nn.models import family
-from heritageseg.stages import pictures as viz
+from heritageseg.stages import pictures
 from heritageseg.stages.results import read_metrics, read_training
 
 
@@ -277,8 +277,8 @@ def build_sections(
             "per_class_iou.png": "IoU per class",
             "class_distribution.png": "Class distribution: ground truth vs prediction",
         }
-        pictures = [(captions.get(name, name), path) for name, path in r.plots.items()]
-        sections.append(Section(f"{r.arch} ({family(r.encoder)}, {r.encoder})", figures=pictures))
+        plots = [(captions.get(name, name), path) for name, path in r.plots.items()]
+        sections.append(Section(f"{r.arch} ({family(r.encoder)}, {r.encoder})", figures=plots))
     return sections
 
 
@@ -294,12 +294,12 @@ def comparison_figures(results: list[ArchResult]) -> dict[str, bytes]:
             if resolution in r.metrics
         }
         if series:
-            out[f"per_class_iou_{resolution}.png"] = viz.per_class_bars(
+            out[f"per_class_iou_{resolution}.png"] = pictures.per_class_bars(
                 series, f"IoU per class, {resolution} resolution", "IoU (%)"
             )
     histories = {r.arch: r.history for r in results if r.history}
     if histories:
-        out["training_curves.png"] = viz.training_curves(histories, "Training")
+        out["training_curves.png"] = pictures.training_curves(histories, "Training")
     return out
 
 
@@ -368,9 +368,9 @@ def run_report(
             f"no evaluated architecture under {metrics}: run `heritageseg evaluate` first"
         )
     comparisons = compare(results, iterations, seed)
-    pictures = comparison_figures(results)
+    pngs = comparison_figures(results)
     with atomic_dir(out / FIGURES) as staging:
-        for name, png in pictures.items():
+        for name, png in pngs.items():
             (staging / name).write_bytes(png)
         for r in results:
             for name, source in r.plots.items():
@@ -378,7 +378,7 @@ def run_report(
     figures = out / FIGURES
     for r in results:
         r.plots = {name: figures / f"{r.arch}_{name}" for name in r.plots}
-    sections = build_sections(results, comparisons, {name: figures / name for name in pictures})
+    sections = build_sections(results, comparisons, {name: figures / name for name in pngs})
     atomic_write_text(out / BENCHMARK_MD, render_markdown(sections, out))
     atomic_write_text(out / INDEX_HTML, render_html(sections))
     write_json(out / COMPARISONS, comparisons)

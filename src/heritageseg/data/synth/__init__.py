@@ -15,7 +15,6 @@ from heritageseg.data.synth.generator import (
     MATERIALS,
     SynthSample,
     generate_sample,
-    iter_samples,
 )
 
-__all__ = ["CONTENTS", "MATERIALS", "SynthSample", "generate_sample", "iter_samples"]
+__all__ = ["CONTENTS", "MATERIALS", "SynthSample", "generate_sample"]

@@ -5,7 +5,6 @@ The tables here skew contents, materials and object types like the published dat
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -167,15 +166,3 @@ def generate_sample(
         llava_description=caption,
         verified_description=damage,
     )
-
-
-def iter_samples(
-    n: int,
-    seed: int = 0,
-    min_size: int = 256,
-    max_size: int = 512,
-    background_fraction: float = 0.3,
-) -> Iterator[SynthSample]:
-    """Samples 0..n-1 of the set `seed`, one at a time (memory stays flat)."""
-    for i in range(n):
-        yield generate_sample(i, seed, min_size, max_size, background_fraction)
