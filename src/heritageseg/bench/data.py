@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.utils.data
 
-from heritageseg.core.config import IngestConfig
+from heritageseg.core.config import ARCHS, IngestConfig
 from heritageseg.core.paths import SPLIT_TABLE
 from heritageseg.data.artefact import decode_record, iter_parquet
 from heritageseg.data.ingest import run_ingest, synthetic_records
@@ -157,7 +157,7 @@ def bench_data(params, size: int, workers: int, train_size: int | None) -> dict:
             "decode": _measure_loader("decode", raw, cache, size, workers),
         }
     figures["train_img_s"] = {}
-    for arch in ("convnext", "segformer", "maxvit"):
+    for arch in ARCHS:
         setup = _training_setup(_with_image_size(params, arch, train_size), arch, batches=4)
         _bare_epoch(*setup.bare_args)  # warm-up
         figures["train_img_s"][setup.label] = setup.images / _bare_epoch(*setup.bare_args)

@@ -189,6 +189,10 @@ class TrainConfig:
             raise ConfigError(f"unknown architecture {arch!r}; valid: {', '.join(ARCHS)}")
         return getattr(self, arch)
 
+    def shared(self) -> dict[str, Any]:
+        """The settings every architecture trains with (all but the per-arch sections)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ARCHS}
+
     def lr_for(self, arch: str) -> float:
         model = self.model(arch)
         return (

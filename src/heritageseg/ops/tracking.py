@@ -15,7 +15,6 @@ epoch metrics are kept and sent again when the run ends.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import os
@@ -299,10 +298,8 @@ def training_run(
 def _stage_params(params: Params, arch: str) -> dict[str, str]:
     """The train stage's params section, flattened: shared train keys, this arch's model
     and the augmentations."""
-    train = {k: v for k, v in dataclasses.asdict(params.train).items() if k not in
-             ("convnext", "segformer", "maxvit")}  # fmt: skip
     return {
-        **flatten(train, "train"),
+        **flatten(params.train.shared(), "train"),
         **flatten(params.train.model(arch), "model"),
         **flatten(params.augment, "augment"),
         "arch": arch,

@@ -21,9 +21,10 @@ from heritageseg.core.classes import (
     CLASSES,
     colourise,
 )
+from heritageseg.core.config import ARCHS
 
 ERROR_COLOUR = (230, 25, 75)
-ARCH_COLOURS = {"convnext": "#1f77b4", "segformer": "#ff7f0e", "maxvit": "#2ca02c"}
+ARCH_COLOURS = dict(zip(ARCHS, ("#1f77b4", "#ff7f0e", "#2ca02c"), strict=True))
 
 
 @dataclass(frozen=True)

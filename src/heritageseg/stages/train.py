@@ -29,7 +29,7 @@ import torch.distributed as dist
 import torch.utils.data
 
 from heritageseg.core.classes import CLASS_NAMES
-from heritageseg.core.config import ARCHS, Params
+from heritageseg.core.config import Params
 from heritageseg.core.errors import HeritagesegError
 from heritageseg.core.fileio import atomic_write_text, write_json
 from heritageseg.core.paths import CACHE_INFO, HISTORY, TRAIN_METRICS
@@ -198,27 +198,8 @@ def run_training(
     precision = resolve_precision(cfg.precision, device_)
     cache_info = json.loads((cache / CACHE_INFO).read_text())
     mean, std = normalization(model_cfg.encoder)
-    train_set = CacheDataset(
-        cache,
-        "train",
-        train_transform(
-            params.augment, model_cfg.image_size, mean, std, crop=cache_info["mode"] == "tile"
-        ),
-    )
-    val_set = CacheDataset(cache, "val", eval_transform(model_cfg.image_size, mean, std))
-    if len(train_set) == 0 or len(val_set) == 0:
-        raise HeritagesegError(f"{cache}: the train and val splits must both be non-empty")
-
-    model = build_model(model_cfg).to(device_)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    ddp_model = (
-        torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device_] if device_.type == "cuda" else None
-        )
-        if rank.world > 1
-        else model
-    )
+    train_set, val_set = _datasets(params, arch, cache, cache_info, mean, std)
+    model, ddp_model = _network(model_cfg, cfg.channels_last, rank, device_)
     loss_fn = build_loss(cfg.loss, _load_class_weights(class_weights).to(device_), model_cfg.head)
     lr = cfg.lr_for(arch)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
@@ -266,26 +247,11 @@ def run_training(
         val_miou = miou(val_stats.confusion.numpy())
         if cfg.scheduler == "plateau":
             scheduler.step(val_miou)
-        row = {
-            "epoch": epoch + 1,
-            "train_loss": train_stats.loss,
-            "val_loss": val_stats.loss,
-            "val_miou": val_miou,
-            "lr": optimizer.param_groups[0]["lr"],
-            "images_per_s": train_stats.images_per_second,
-            "epoch_seconds": train_stats.seconds + val_stats.seconds,
-            "peak_mem_mb": peak_memory_mb(device_),
-        }
+        row = _epoch_row(epoch, train_stats, val_stats, val_miou, optimizer, device_)
         _advance(state, row, epoch, val_miou)
         state["train_seconds"] = time.perf_counter() - start_time
         if rank.is_main:
-            with signals_deferred():  # a Slurm USR2 (requeue) never lands mid-save
-                if state["best_epoch"] == epoch + 1:
-                    save_weights(
-                        model, out, {**config, "best_epoch": epoch + 1, "val_miou": val_miou}
-                    )
-                save_resume(out, objects, {**state, "fingerprint": fingerprint})
-                _write_history(out / HISTORY, state["history"])
+            _save_epoch(out, model, objects, state, config, fingerprint)
             if on_epoch is not None:
                 on_epoch(row)
     result = TrainResult(
@@ -301,6 +267,57 @@ def run_training(
     if rank.world > 1:
         dist.barrier()
     return result
+
+
+def _datasets(params: Params, arch: str, cache: Path, cache_info: dict, mean, std):
+    """The train split (augmented; random crops of native tiles) and the val split."""
+    size = params.train.model(arch).image_size
+    crop = cache_info["mode"] == "tile"
+    train_set = CacheDataset(
+        cache, "train", train_transform(params.augment, size, mean, std, crop=crop)
+    )
+    val_set = CacheDataset(cache, "val", eval_transform(size, mean, std))
+    if len(train_set) == 0 or len(val_set) == 0:
+        raise HeritagesegError(f"{cache}: the train and val splits must both be non-empty")
+    return train_set, val_set
+
+
+def _network(model_cfg, channels_last: bool, rank: Rank, device: torch.device):
+    """(the model, the module to train: the model itself or its DistributedDataParallel)."""
+    model = build_model(model_cfg).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if rank.world == 1:
+        return model, model
+    ids = [device] if device.type == "cuda" else None
+    return model, torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def _epoch_row(epoch: int, train_stats, val_stats, val_miou: float, optimizer, device) -> dict:
+    """One line of history.csv (HISTORY_COLUMNS)."""
+    return {
+        "epoch": epoch + 1,
+        "train_loss": train_stats.loss,
+        "val_loss": val_stats.loss,
+        "val_miou": val_miou,
+        "lr": optimizer.param_groups[0]["lr"],
+        "images_per_s": train_stats.images_per_second,
+        "epoch_seconds": train_stats.seconds + val_stats.seconds,
+        "peak_mem_mb": peak_memory_mb(device),
+    }
+
+
+def _save_epoch(
+    out: Path, model, objects: dict, state: dict, config: dict, fingerprint: str
+) -> None:
+    """The best weights (when this epoch is the best), the resume state and the history."""
+    row = state["history"][-1]
+    with signals_deferred():  # a Slurm USR2 (requeue) never lands mid-save
+        if state["best_epoch"] == row["epoch"]:
+            best = {"best_epoch": row["epoch"], "val_miou": row["val_miou"]}
+            save_weights(model, out, {**config, **best})
+        save_resume(out, objects, {**state, "fingerprint": fingerprint})
+        _write_history(out / HISTORY, state["history"])
 
 
 @contextlib.contextmanager
@@ -386,7 +403,7 @@ def _resolved_config(params, arch, mean, std, cache_info, precision, lr) -> dict
     return {
         "arch": arch,
         "model": dataclasses.asdict(params.train.model(arch)),
-        "train": {k: v for k, v in dataclasses.asdict(params.train).items() if k not in ARCHS},
+        "train": params.train.shared(),
         "augment": dataclasses.asdict(params.augment),
         "lr": lr,
         "precision": str(precision.dtype).replace("torch.", "") if precision.dtype else "fp32",
