@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import typing
 from pathlib import Path
 
 import pytest
@@ -11,9 +12,13 @@ import torch
 from heritageseg.bench.infer import loggable
 from heritageseg.cli import main
 from heritageseg.core.classes import CLASS_NAMES
-from heritageseg.core.config import ModelConfig
+from heritageseg.core.config import Backend, ModelConfig
 from heritageseg.infer.backends import (
     BACKENDS,
+    CALIBRATED,
+    CPU_FALLBACK,
+    CUDA_DEFAULT,
+    DEFAULT_PREDICT_BACKEND,
     BackendError,
     agreement,
     available_backends,
@@ -112,7 +117,7 @@ def test_inductor_int8_agrees_with_eager_for_any_batch_and_refuses_other_sizes()
 def test_unknown_backend_lists_the_valid_ones():
     with pytest.raises(BackendError, match="valid: eager, bf16, fp16, compile, onnx, int8"):
         check_backend("tensorrt")
-    with pytest.raises(BackendError, match="needs CUDA"):
+    with pytest.raises(BackendError, match="runs on cuda only, not on cpu; on cpu choose one"):
         build_predictor(_model(), "fp16", "cpu")
     for calibrated in ("int8", "int8-inductor"):
         with pytest.raises(BackendError, match=f"{calibrated} needs calibration images"):
@@ -124,8 +129,8 @@ def test_cuda_selection_logic_with_mocked_cuda_device():
     """No GPU here: only the choice is checked, on a torch.device that is never used."""
     cuda = torch.device("cuda")
     assert default_backend(cuda) == "fp16"
-    assert available_backends(cuda) == ["eager", "fp16", "compile"]
-    with pytest.raises(BackendError, match="runs on the CPU"):
+    assert available_backends(cuda) == ["eager", "bf16", "fp16", "compile"]
+    with pytest.raises(BackendError, match="'onnx' runs on cpu only, not on cuda"):
         build_predictor(_MockedCudaModel(), "onnx", cuda)
 
 
@@ -205,3 +210,35 @@ def test_int8_export_calibrates_on_the_train_split(tmp_path: Path, tiny_cache: P
     graph = tmp_path / "convnext" / "model.int8.onnx"
     assert graph.is_file()
     assert b"QuantizeLinear" in graph.read_bytes()
+
+
+def test_the_backend_literal_of_params_names_the_tables_backends():
+    """core.config cannot import infer (layering), so it spells the names out once more."""
+    assert typing.get_args(Backend) == tuple(BACKENDS)
+    assert {DEFAULT_PREDICT_BACKEND, CPU_FALLBACK, CUDA_DEFAULT, *CALIBRATED} <= set(BACKENDS)
+
+
+def test_the_evaluate_backend_comments_list_exactly_the_tables_backends():
+    root = Path(__file__).resolve().parents[1]
+    comments = {}
+    for path in [root / "params.yaml", *sorted((root / "profiles").glob("*.yaml"))]:
+        section = None
+        for line in path.read_text().splitlines():
+            if line[:1].isalpha():
+                section = line.split(":")[0]
+            elif section == "evaluate" and line.strip().startswith("backend:") and "#" in line:
+                comments[path.name] = line.split("#", 1)[1]
+    assert "params.yaml" in comments
+    for name, comment in comments.items():
+        options = [option.strip() for option in comment.split("|")]
+        assert options[0].startswith("null:") and options[1:] == list(BACKENDS), name
+
+
+@pytest.mark.parametrize("command", [["evaluate"], ["predict"], ["bench", "infer"]])
+def test_every_backend_option_offers_exactly_the_tables_backends(command: list[str], capsys):
+    with pytest.raises(SystemExit):
+        main([*command, "--help"])
+    assert "{" + ",".join(BACKENDS) + "}" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["predict", "x.png", "--out", "maps", "--backend", "tensorrt"])
+    assert "invalid choice: 'tensorrt'" in capsys.readouterr().err

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from heritageseg.core.config import ARCHS, load_params, with_overrides
 from heritageseg.core.errors import HeritagesegError
+from heritageseg.infer.backends import BACKENDS, PREDICT_DEFAULT_HELP
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -79,7 +80,7 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--splits", default="data/splits")
     evaluate.add_argument("--models", default="models")
     evaluate.add_argument("--out", default="metrics", help="writes OUT/ARCH (default metrics)")
-    evaluate.add_argument("--backend", help="inference backend (default evaluate.backend)")
+    evaluate.add_argument("--backend", choices=BACKENDS, help="default evaluate.backend")
     _add_launch_arguments(evaluate)
     evaluate.set_defaults(handler=_evaluate)
 
@@ -150,7 +151,9 @@ def _build_parser() -> argparse.ArgumentParser:
     bench_infer.add_argument(
         "--sizes", nargs="+", type=int, help="default: the archs' train.ARCH.image_size and 384"
     )
-    bench_infer.add_argument("--backends", nargs="+", help="default: all that run here")
+    bench_infer.add_argument(
+        "--backends", nargs="+", choices=BACKENDS, help="default: all that run here"
+    )
     bench_infer.add_argument("--cache", default="data/cache", help="test split to score on")
     bench_infer.add_argument("--models", default="models", help="trained models, when present")
     bench_infer.add_argument("--images", type=int, default=8, help="test images per run")
@@ -173,9 +176,7 @@ def _add_mlflow_commands(commands) -> None:
     predict.add_argument("images", nargs="+", type=Path, help="PNG/JPEG/TIFF images")
     predict.add_argument("--model", default="models:/heritageseg-segformer@production")
     predict.add_argument("--out", type=Path, required=True, help="output folder")
-    predict.add_argument(
-        "--backend", help="eager, bf16, fp16, compile, onnx (default: onnx on CPU)"
-    )
+    predict.add_argument("--backend", choices=BACKENDS, help=PREDICT_DEFAULT_HELP)
     predict.set_defaults(handler=_predict)
 
     ui = commands.add_parser("ui", help="the MLflow UI on 127.0.0.1 over the project's store")
