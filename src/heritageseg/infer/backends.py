@@ -11,7 +11,8 @@ need); the CLI's choices, `available_backends` and every error message are read 
 - `compile`: `torch.compile` (inductor) under the device's half-precision autocast.
 - `onnx`: exported to ONNX (dynamic batch, height and width) and run by onnxruntime.
 - `int8`: the ONNX graph with static QDQ quantisation (per-channel weights, activations
-  calibrated on a few train images) run by onnxruntime.
+  calibrated on a few train images) run by onnxruntime. Served models run the graph
+  `export onnx --int8` calibrated, logged beside the weights (`serving_predictor`).
 - `int8-inductor`: static int8 in PyTorch itself: `torch.export`, torchao's PT2E
   `X86InductorQuantizer` (per-channel weights, calibrated activations), compiled by inductor
   into oneDNN int8 kernels. The fastest on x86 CPUs with VNNI (3-4x eager at 384 px), but it
@@ -24,6 +25,7 @@ build its parser, and `heritageseg --help` should not pay torch's seconds of imp
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import tempfile
 import warnings
@@ -46,6 +48,9 @@ INDUCTOR_BATCH = 4  # int8-inductor's compiled batch size
 # 20: GELU is one `Gelu` node, which onnxruntime keeps whole between int8 MatMuls / Convs
 # (at 18 the int8 MiT-B3 graph ran it as Div/Erf/Add/Mul: int8 7.6 % slower, median of 10 pairs).
 ONNX_OPSET = 20
+INT8_GRAPH = "model.int8.onnx"  # what `export onnx --int8` writes into models/ARCH
+GRAPH_BACKEND = "int8"  # the backend a served model's INT8_GRAPH runs as
+_WEIGHTS_SHA256 = "heritageseg.weights_sha256"  # ONNX metadata: the weights a graph came from
 
 
 class BackendError(HeritagesegError):
@@ -110,13 +115,13 @@ CUDA_DEFAULT = "fp16"
 # `predict`'s default on a CPU: the fastest backend within 0.5 mIoU points that needs no
 # compilation at start-up (reports/inference.md: 2.4x / 1.4x eager for ConvNeXt-Tiny / MiT-B3
 # at 384 px; int8-inductor is 4.4x / 2.9x but compiles for 30-110 s, which a handful of
-# images never earns back). Needs its calibrated graph (`export onnx --int8`); without one,
-# `serving_predictor`'s default falls back to exact `CPU_FALLBACK`.
+# images never earns back). It runs the model's exported graph (`export onnx --int8`); a
+# model registered without one falls back to exact `CPU_FALLBACK`.
 DEFAULT_PREDICT_BACKEND = "int8"
 CPU_FALLBACK = "onnx"
 PREDICT_DEFAULT_HELP = (
-    f"default: {CPU_FALLBACK} on a CPU (a served model has no calibration images for "
-    f"{DEFAULT_PREDICT_BACKEND}), {CUDA_DEFAULT} on CUDA"
+    f"default: {DEFAULT_PREDICT_BACKEND} on a CPU when the model was registered with its "
+    f"{INT8_GRAPH} (export onnx --int8), else {CPU_FALLBACK}; {CUDA_DEFAULT} on CUDA"
 )
 
 
@@ -384,8 +389,62 @@ def calibration_images(
     return torch.stack([dataset[int(i)]["image"] for i in picks])
 
 
+# ---------------------------------------------------------------- exported graphs
+
+
+def weights_sha256(folder: Path) -> str:
+    """sha256 of `folder`'s model.safetensors: which weights an exported graph was made from."""
+    from heritageseg.nn.checkpoint import WEIGHTS
+
+    digest = hashlib.sha256()
+    with open(Path(folder) / WEIGHTS, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _stamped(graph: bytes, sha256: str) -> bytes:
+    """`graph` with the weights' sha256 in its metadata, so a stale graph can be told apart."""
+    import onnx
+
+    proto = onnx.load_from_string(graph)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = _WEIGHTS_SHA256, sha256
+    return proto.SerializeToString()
+
+
+def graph_weights_sha256(graph: Path) -> str | None:
+    """The weights' sha256 `export onnx` stamped into `graph`; None for an unstamped graph."""
+    import onnx
+
+    proto = onnx.load(str(graph), load_external_data=False)
+    return {p.key: p.value for p in proto.metadata_props}.get(_WEIGHTS_SHA256)
+
+
+def exported_int8_graph(folder: Path) -> Path | None:
+    """`folder`/model.int8.onnx if it was exported from `folder`'s current weights.
+
+    `train` keeps models/ARCH across runs (dvc `persist`), so a graph exported before the
+    last training would serve other weights than the ones evaluated: such a graph, or one
+    exported before graphs were stamped, is left out with a warning saying how to re-export.
+    """
+    graph = Path(folder) / INT8_GRAPH
+    if not graph.is_file():
+        return None
+    if graph_weights_sha256(graph) != weights_sha256(folder):
+        warnings.warn(
+            f"{graph} was not exported from {folder}'s current model.safetensors: left out of "
+            f"the served model (exact {CPU_FALLBACK} instead); re-run `heritageseg export onnx "
+            f"--arch {Path(folder).name} --int8` and evaluate again to serve int8",
+            stacklevel=2,
+        )
+        return None
+    return graph
+
+
 def export_trained_onnx(folder: Path, out: Path, *, int8: bool, cache: Path) -> dict:
-    """models/ARCH -> ONNX at `out` (written atomically) after checking it against eager."""
+    """models/ARCH -> ONNX at `out` (written atomically, stamped with the weights' sha256)
+    after checking it against eager."""
     import torch
 
     from heritageseg.core.fileio import atomic_write_bytes
@@ -406,25 +465,41 @@ def export_trained_onnx(folder: Path, out: Path, *, int8: bool, cache: Path) -> 
     }
     if not int8 and check["max_abs_diff"] > 1e-2:
         raise BackendError(f"{out}: onnxruntime differs from eager by {check['max_abs_diff']:.3g}")
-    atomic_write_bytes(out, graph)
+    atomic_write_bytes(out, _stamped(graph, weights_sha256(folder)))
     return check
 
 
 def serving_predictor(
-    model: torch.nn.Module, backend: str | None, device: torch.device | str, size: int
+    model: torch.nn.Module,
+    backend: str | None,
+    device: torch.device | str,
+    size: int,
+    int8_graph: Path | None = None,
+    arch: str = "ARCH",
 ) -> tuple[str, Predict]:
-    """(backend name, Predict) for a model served without calibration images (the MLflow
-    pyfunc): `backend`, or the default with int8 falling back to exact onnx."""
+    """(backend name, Predict) for a served model (the MLflow pyfunc), which carries no
+    calibration images: `int8` runs `int8_graph` (the model's `export onnx --int8` graph,
+    logged with it), the default when there is one on a CPU; without it the default is
+    exact onnx and an explicit int8 fails saying how to get the graph."""
     import torch
 
     device = torch.device(device)
     chosen = check_backend(backend or default_backend(device))
-    if backend_spec(chosen).calibrated:
-        if backend is not None:
-            servable = [b for b in available_backends(device) if not BACKENDS[b].calibrated]
-            raise BackendError(
-                f"{chosen} needs calibration images, which a served model does not carry: "
-                f"choose one of {', '.join(servable)}"
-            )
+    if chosen == GRAPH_BACKEND and int8_graph is not None:
+        _check_device(chosen, device)
+        return chosen, onnx_predictor(int8_graph)
+    if chosen == GRAPH_BACKEND and backend is None:
         chosen = CPU_FALLBACK
+    if backend_spec(chosen).calibrated:
+        servable = [b for b in available_backends(device) if not BACKENDS[b].calibrated]
+        if chosen == GRAPH_BACKEND:
+            raise BackendError(
+                f"backend {chosen}: this model was registered without {INT8_GRAPH}; run "
+                f"`heritageseg export onnx --arch {arch} --int8` before `heritageseg evaluate "
+                f"--arch {arch}` registers it, or choose one of {', '.join(servable)}"
+            )
+        raise BackendError(
+            f"backend {chosen} needs calibration images, which a served model does not carry: "
+            f"choose one of {', '.join(servable)}"
+        )
     return chosen, build_predictor(model, chosen, device, size)
