@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import json
+import typing
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from heritageseg.bench.infer import loggable
 from heritageseg.cli import main
 from heritageseg.core.classes import CLASS_NAMES
-from heritageseg.core.config import ModelConfig
+from heritageseg.core.config import Backend, ModelConfig
 from heritageseg.infer.backends import (
     BACKENDS,
+    CALIBRATED,
+    CPU_FALLBACK,
+    CUDA_DEFAULT,
+    DEFAULT_PREDICT_BACKEND,
+    GRAPH_BACKEND,
+    INT8_GRAPH,
     BackendError,
     agreement,
     available_backends,
@@ -21,6 +30,7 @@ from heritageseg.infer.backends import (
     check_backend,
     default_backend,
     export_trained_onnx,
+    exported_int8_graph,
 )
 from heritageseg.nn.checkpoint import save_weights
 from heritageseg.nn.engine import _cpu_has_bf16
@@ -112,7 +122,7 @@ def test_inductor_int8_agrees_with_eager_for_any_batch_and_refuses_other_sizes()
 def test_unknown_backend_lists_the_valid_ones():
     with pytest.raises(BackendError, match="valid: eager, bf16, fp16, compile, onnx, int8"):
         check_backend("tensorrt")
-    with pytest.raises(BackendError, match="needs CUDA"):
+    with pytest.raises(BackendError, match="runs on cuda only, not on cpu; on cpu choose one"):
         build_predictor(_model(), "fp16", "cpu")
     for calibrated in ("int8", "int8-inductor"):
         with pytest.raises(BackendError, match=f"{calibrated} needs calibration images"):
@@ -124,8 +134,8 @@ def test_cuda_selection_logic_with_mocked_cuda_device():
     """No GPU here: only the choice is checked, on a torch.device that is never used."""
     cuda = torch.device("cuda")
     assert default_backend(cuda) == "fp16"
-    assert available_backends(cuda) == ["eager", "fp16", "compile"]
-    with pytest.raises(BackendError, match="runs on the CPU"):
+    assert available_backends(cuda) == ["eager", "bf16", "fp16", "compile"]
+    with pytest.raises(BackendError, match="'onnx' runs on cpu only, not on cuda"):
         build_predictor(_MockedCudaModel(), "onnx", cuda)
 
 
@@ -198,10 +208,104 @@ def _config(size: int) -> dict:
     }
 
 
-def test_int8_export_calibrates_on_the_train_split(tmp_path: Path, tiny_cache: Path):
-    save_weights(_model(), tmp_path / "convnext", _config(32))
+def test_a_model_registered_with_its_int8_graph_predicts_with_it(tmp_path: Path, tiny_cache: Path):
+    """export onnx --int8, then the pyfunc logged into the sqlite store and loaded back: its
+    default backend is that graph (onnxruntime), close to eager on most pixels."""
+    from heritageseg.stages.predict import write_damage_maps
+
+    folder = tmp_path / "convnext"
+    save_weights(_model(), folder, _config(32))
     argv = ["export", "onnx", "--arch", "convnext", "--models", str(tmp_path), "--int8"]
     assert main([*argv, "--cache", str(tiny_cache)]) == 0
-    graph = tmp_path / "convnext" / "model.int8.onnx"
-    assert graph.is_file()
+    graph = folder / INT8_GRAPH
     assert b"QuantizeLinear" in graph.read_bytes()
+    assert exported_int8_graph(folder) == graph
+    uri = _logged(folder)
+    image = _picture(tmp_path / "wall.png", 70, 90)
+    (int8,) = write_damage_maps([image], uri, tmp_path / "int8")
+    (eager,) = write_damage_maps([image], uri, tmp_path / "eager", backend="eager")
+    assert (int8["backend"], eager["backend"]) == ("int8", "eager")
+    same = _mask(tmp_path / "int8" / "wall.png") == _mask(tmp_path / "eager" / "wall.png")
+    assert same.shape == (70, 90) and same.mean() > 0.8
+
+
+def test_without_an_int8_graph_the_served_default_is_exact_onnx(tmp_path: Path):
+    from heritageseg.stages.predict import write_damage_maps
+
+    folder = tmp_path / "convnext"
+    save_weights(_model(), folder, _config(SIZE))
+    uri = _logged(folder)
+    image = _picture(tmp_path / "wall.png", 50, 70)
+    (report,) = write_damage_maps([image], uri, tmp_path / "maps")
+    assert report["backend"] == CPU_FALLBACK == "onnx"
+    with pytest.raises(BackendError, match="export onnx --arch convnext --int8` before `heritage"):
+        write_damage_maps([image], uri, tmp_path / "int8", backend="int8")
+
+
+def test_an_int8_graph_of_other_weights_is_left_out_with_a_warning(tmp_path: Path):
+    """`train` keeps models/ARCH (dvc persist): a graph exported before retraining is stale.
+    An exact graph stands in for the int8 one here: only its stamp is read."""
+    model = _model()
+    save_weights(model, tmp_path, _config(SIZE))
+    export_trained_onnx(tmp_path, tmp_path / INT8_GRAPH, int8=False, cache=tmp_path)
+    assert exported_int8_graph(tmp_path) == tmp_path / INT8_GRAPH
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    save_weights(model, tmp_path, _config(SIZE))  # retrained
+    with pytest.warns(UserWarning, match="not exported from .* current model.safetensors"):
+        assert exported_int8_graph(tmp_path) is None
+
+
+def _logged(folder: Path) -> str:
+    """`folder` logged as the pyfunc model into a new run of the test's sqlite store."""
+    import mlflow
+
+    from heritageseg.ops.registry import log_model
+
+    with mlflow.start_run() as run:
+        pass
+    log_model(run.info.run_id, folder.name, folder, overlap=4, register=False)
+    return f"runs:/{run.info.run_id}/model"
+
+
+def _picture(path: Path, height: int, width: int) -> Path:
+    pixels = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def _mask(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path))
+
+
+def test_the_backend_literal_of_params_names_the_tables_backends():
+    """core.config cannot import infer (layering), so it spells the names out once more."""
+    assert typing.get_args(Backend) == tuple(BACKENDS)
+    named = {DEFAULT_PREDICT_BACKEND, CPU_FALLBACK, CUDA_DEFAULT, GRAPH_BACKEND, *CALIBRATED}
+    assert named <= set(BACKENDS)
+
+
+def test_the_evaluate_backend_comments_list_exactly_the_tables_backends():
+    root = Path(__file__).resolve().parents[1]
+    comments = {}
+    for path in [root / "params.yaml", *sorted((root / "profiles").glob("*.yaml"))]:
+        section = None
+        for line in path.read_text().splitlines():
+            if line[:1].isalpha():
+                section = line.split(":")[0]
+            elif section == "evaluate" and line.strip().startswith("backend:") and "#" in line:
+                comments[path.name] = line.split("#", 1)[1]
+    assert "params.yaml" in comments
+    for name, comment in comments.items():
+        options = [option.strip() for option in comment.split("|")]
+        assert options[0].startswith("null:") and options[1:] == list(BACKENDS), name
+
+
+@pytest.mark.parametrize("command", [["evaluate"], ["predict"], ["bench", "infer"]])
+def test_every_backend_option_offers_exactly_the_tables_backends(command: list[str], capsys):
+    with pytest.raises(SystemExit):
+        main([*command, "--help"])
+    assert "{" + ",".join(BACKENDS) + "}" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["predict", "x.png", "--out", "maps", "--backend", "tensorrt"])
+    assert "invalid choice: 'tensorrt'" in capsys.readouterr().err

@@ -12,6 +12,7 @@ from pathlib import Path
 from heritageseg.core import paths
 from heritageseg.core.config import ARCHS, load_params, with_overrides
 from heritageseg.core.errors import HeritagesegError
+from heritageseg.infer.backends import BACKENDS, PREDICT_DEFAULT_HELP
 from heritageseg.ops.tracking import PRODUCTION, model_name
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -93,7 +94,7 @@ def _add_model_commands(commands) -> None:
     _folder(evaluate, "--splits", paths.SPLITS)
     _folder(evaluate, "--models", paths.MODELS)
     _folder(evaluate, "--out", paths.METRICS, "writes OUT/ARCH")
-    evaluate.add_argument("--backend", help="inference backend (default evaluate.backend)")
+    evaluate.add_argument("--backend", choices=BACKENDS, help="default evaluate.backend")
     _add_launch_arguments(evaluate)
     evaluate.set_defaults(handler=_evaluate)
 
@@ -170,7 +171,9 @@ def _add_bench_commands(commands) -> None:
     bench_infer.add_argument(
         "--sizes", nargs="+", type=int, help="default: the archs' train.ARCH.image_size and 384"
     )
-    bench_infer.add_argument("--backends", nargs="+", help="default: all that run here")
+    bench_infer.add_argument(
+        "--backends", nargs="+", choices=BACKENDS, help="default: all that run here"
+    )
     _folder(bench_infer, "--cache", paths.CACHE, "test split to score on")
     _folder(bench_infer, "--models", paths.MODELS, "trained models, when present")
     bench_infer.add_argument("--images", type=int, default=8, help="test images per run")
@@ -192,9 +195,7 @@ def _add_mlflow_commands(commands) -> None:
     predict.add_argument("images", nargs="+", type=Path, help="PNG/JPEG/TIFF images")
     predict.add_argument("--model", default=f"models:/{model_name('segformer')}@{PRODUCTION}")
     predict.add_argument("--out", type=Path, required=True, help="output folder")
-    predict.add_argument(
-        "--backend", help="eager, bf16, fp16, compile, onnx (default: onnx on CPU)"
-    )
+    predict.add_argument("--backend", choices=BACKENDS, help=PREDICT_DEFAULT_HELP)
     predict.set_defaults(handler=_predict)
 
     ui = commands.add_parser("ui", help="the MLflow UI on 127.0.0.1 over the project's store")

@@ -205,7 +205,7 @@ class TrainConfig:
 ARCHS = ("convnext", "segformer", "maxvit")
 Backend = Literal[
     "eager", "bf16", "fp16", "compile", "onnx", "int8", "int8-inductor"
-]  # heritageseg.infer.backends
+]  # = heritageseg.infer.backends.BACKENDS (tests/test_backends.py checks)
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,11 @@ Format (the same in Python and over REST, `/invocations`): the input is a DataFr
 column `image` of base64-encoded PNG or JPEG files; the output is a DataFrame with `mask`
 (base64 PNG, mode L, the input's size, values = class ids 0..15), `height` and `width`.
 The model carries its weights (`model.safetensors`), its `config.json` (architecture,
-normalisation, tile) and the heritageseg code, and does its own normalisation and
-sliding-window prediction, so it loads and predicts offline in a fresh process. It is saved
-as "models from code" (this file's `set_model`), so loading it unpickles nothing.
+normalisation, tile), the heritageseg code and, when `export onnx --int8` made one of those
+weights, the int8 graph (`model.int8.onnx`: its default backend on a CPU). It does its own
+normalisation and sliding-window prediction, so it loads and predicts offline in a fresh
+process. It is saved as "models from code" (this file's `set_model`), so loading it
+unpickles nothing.
 """
 
 from __future__ import annotations
@@ -57,23 +59,35 @@ def _encode_mask(mask: np.ndarray) -> str:
 
 
 class Segmenter:
-    """The network rebuilt from a model folder (config.json + model.safetensors)."""
+    """The network rebuilt from a model folder (config.json + model.safetensors), with the
+    int8 graph `export onnx --int8` wrote for it when the model was registered with one."""
 
     def __init__(
-        self, weights: Path, config: Path, overlap: int | None = None, backend: str | None = None
+        self,
+        weights: Path,
+        config: Path,
+        overlap: int | None = None,
+        backend: str | None = None,
+        int8_graph: Path | None = None,
+        arch: str = "ARCH",
     ):
         self.trained = load_checkpoint(Path(config), Path(weights))
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = self.trained.network.to(self.device)
         self.tile = self.trained.model.image_size
         self.overlap = self.tile // 8 if overlap is None else overlap
+        self.int8_graph = None if int8_graph is None else Path(int8_graph)
+        self.arch = arch
         self.use_backend(backend)
 
     def use_backend(self, backend: str | None) -> None:
-        """The inference backend (heritageseg.infer.backends); None: predict's default."""
+        """The inference backend (heritageseg.infer.backends); None: predict's default, int8
+        when this model carries its int8 graph, else exact onnx on a CPU."""
         from heritageseg.infer.backends import serving_predictor
 
-        self.backend, self.predict = serving_predictor(self.model, backend, self.device, self.tile)
+        self.backend, self.predict = serving_predictor(
+            self.model, backend, self.device, self.tile, self.int8_graph, self.arch
+        )
 
     def labels(self, image: np.ndarray) -> np.ndarray:
         trained = self.trained
@@ -84,13 +98,15 @@ class Segmenter:
 
 
 class SegmentationModel(mlflow.pyfunc.PythonModel):
-    """pyfunc wrapper of `Segmenter` (artifacts `weights`, `config`, `serving`)."""
+    """pyfunc wrapper of `Segmenter` (artifacts `weights`, `config`, `serving` and, when the
+    model folder held one at registration, `int8_graph`)."""
 
     def load_context(self, context) -> None:
         serving = json.loads(Path(context.artifacts["serving"]).read_text())
         self.segmenter = Segmenter(
-            context.artifacts["weights"], context.artifacts["config"], serving["overlap"]
-        )
+            context.artifacts["weights"], context.artifacts["config"], serving["overlap"],
+            int8_graph=context.artifacts.get("int8_graph"), arch=serving.get("arch", "ARCH"),
+        )  # fmt: skip
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         if IMAGE_COLUMN not in model_input:

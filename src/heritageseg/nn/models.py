@@ -159,6 +159,17 @@ def fine_logits(output: torch.Tensor | Mapping[str, torch.Tensor]) -> torch.Tens
     raise TypeError(f"expected logits or a dict with a 'fine' head, got {type(output).__name__}")
 
 
+class FineOnly(nn.Module):
+    """The model with its fine logits as the single output, which ONNX and torch.export need."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return fine_logits(self.model(x))
+
+
 def family(encoder: str) -> str:
     """CNN, ViT or hybrid: how the benchmark groups encoders."""
     return _lookup(ENCODERS, encoder, "encoder")

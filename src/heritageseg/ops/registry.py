@@ -35,7 +35,8 @@ from heritageseg.ops.tracking import (
 GATE_METRIC = "test_miou"
 _HISTORY = "heritageseg.production_history"
 _REQUIREMENTS = ("torch", "segmentation-models-pytorch", "timm", "safetensors", "numpy",
-                 "pandas", "pillow", "pyarrow", "pyyaml", "tqdm", "mlflow")  # fmt: skip
+                 "pandas", "pillow", "pyarrow", "pyyaml", "tqdm", "mlflow", "onnx",
+                 "onnxruntime")  # fmt: skip
 
 
 def _requirements() -> list[str]:
@@ -60,23 +61,29 @@ def _signature():
 
 
 def log_model(run_id: str, arch: str, model_dir: Path, overlap: int, register: bool):
-    """Log the pyfunc model (weights, config, code) into the run; register it if asked.
+    """Log the pyfunc model (weights, config, code, and the int8 graph `export onnx --int8`
+    made of these weights, when there is one) into the run; register it if asked.
     Returns the registered ModelVersion, or None."""
     import mlflow
 
     from heritageseg.core.fileio import write_json
+    from heritageseg.infer.backends import exported_int8_graph
     from heritageseg.infer.serving import encode_image
 
     package = Path(__file__).resolve().parents[1]  # the heritageseg package, shipped as code
     example = pd.DataFrame({"image": [encode_image(np.full((40, 56, 3), 128, np.uint8))]})
+    artifacts = {"weights": str(model_dir / WEIGHTS),
+                 "config": str(model_dir / CONFIG)}  # fmt: skip
+    int8_graph = exported_int8_graph(model_dir)
+    if int8_graph is not None:
+        artifacts["int8_graph"] = str(int8_graph)
     with tempfile.TemporaryDirectory() as temp, mlflow.start_run(run_id=run_id):
         serving = Path(temp) / "serving.json"
-        write_json(serving, {"overlap": overlap})
+        write_json(serving, {"overlap": overlap, "arch": arch})
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(package / "infer" / "pyfunc_model.py"),
-            artifacts={"weights": str(model_dir / WEIGHTS),
-                       "config": str(model_dir / CONFIG), "serving": str(serving)},
+            artifacts={**artifacts, "serving": str(serving)},
             code_paths=[str(package)],
             signature=_signature(),
             input_example=example,

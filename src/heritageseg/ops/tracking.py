@@ -30,7 +30,7 @@ from typing import Any
 
 from heritageseg.core.config import Params, TrackingConfig, flatten_keys
 from heritageseg.core.errors import HeritagesegError
-from heritageseg.core.fileio import write_json
+from heritageseg.core.fileio import sha256_file, write_json
 from heritageseg.core.paths import CONFIG, HISTORY, MANIFEST, METRICS_FILE, RUN_FILE, TRAIN_METRICS
 
 DEFAULT_URI = "sqlite:///mlruns/mlflow.db"
@@ -131,7 +131,7 @@ def git_state() -> tuple[str, bool]:
 
 
 def file_checksum(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"
+    return sha256_file(path) if path.is_file() else "missing"
 
 
 def benchmark_id(params_file: Path, manifest: Path) -> str:
