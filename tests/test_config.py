@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from heritageseg.core.config import IngestConfig, load_params, with_overrides
 from heritageseg.core.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parents[1]
+from .conftest import ROOT
 
 
 def test_the_projects_params_yaml_loads():

@@ -7,15 +7,14 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from .conftest import BIN, ROOT
+
 ARCHS = ("convnext", "segformer", "maxvit")
-BIN = Path(sys.executable).parent
 
 
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:

@@ -12,7 +12,7 @@ from heritageseg.core.config import load_params
 from heritageseg.core.errors import ConfigError
 from heritageseg.ops.profiles import PROFILES, apply_profile, available, flatten, set_values
 
-ROOT = Path(__file__).resolve().parents[1]
+from .conftest import ROOT
 
 
 @pytest.fixture

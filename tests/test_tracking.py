@@ -28,11 +28,9 @@ from heritageseg.core.config import TrackingConfig
 from heritageseg.ops import registry, tracking
 from heritageseg.stages.predict import damage_report
 from tests.browser import chromium, ink, screenshot
-from tests.test_train import tiny  # noqa: F401 - the module-scoped tiny project fixture
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-ARTIFACTS = ROOT / "test-artifacts"
+from .conftest import ARTIFACTS, BIN, ROOT
+
 BENCHMARK = "test-benchmark"
 NAME = "heritageseg-segformer"
 CFG = TrackingConfig()
@@ -59,15 +57,15 @@ def store(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def tracked(tiny, store, tmp_path_factory):  # noqa: F811
+def tracked(tiny_project, store, tmp_path_factory):
     """`heritageseg train` + `evaluate` of segformer with tracking on, as the CLI runs them."""
     out = tmp_path_factory.mktemp("tracked")
-    params = yaml.safe_load((tiny / "params.yaml").read_text())
+    params = yaml.safe_load((tiny_project / "params.yaml").read_text())
     params["train"]["epochs"] = 2
     params["evaluate"]["bootstrap"] = 100
     (out / "params.yaml").write_text(yaml.safe_dump(params))
     common = ["--params", str(out / "params.yaml")]
-    data = tiny / "data"
+    data = tiny_project / "data"
     assert cli.main([*common, "train", "--arch", "segformer", "--cache", str(data / "cache"),
                      "--weights", str(data / "class_weights.json"), "--raw", str(data / "raw"),
                      "--out", str(out / "models")]) == 0  # fmt: skip

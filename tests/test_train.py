@@ -9,7 +9,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,19 +16,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
 from PIL import Image
 from safetensors.torch import load_file
 
 from heritageseg.core.classes import CLASS_NAMES
-from heritageseg.core.config import IngestConfig, PrepareConfig, SplitConfig, load_params
-from heritageseg.core.fileio import write_json
-from heritageseg.data.artefact import read_metadata
-from heritageseg.data.cache import CacheDataset, build_cache, iter_masks
-from heritageseg.data.ingest import run_ingest
-from heritageseg.data.splits import write_splits
+from heritageseg.core.config import load_params
+from heritageseg.data.cache import CacheDataset
 from heritageseg.data.transforms import eval_transform, normalization
-from heritageseg.data.weights import pixel_counts, weights_document
 from heritageseg.nn.checkpoint import load_weights
 from heritageseg.nn.engine import NonFiniteLossError, evaluate, resolve_precision, train_one_epoch
 from heritageseg.nn.losses import build_loss
@@ -37,38 +30,7 @@ from heritageseg.nn.models import build_model
 from heritageseg.stages.evaluate import run_evaluation, write_evaluation
 from heritageseg.stages.train import Rank, make_loader, run_training
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-TINY_TRAIN = {
-    "epochs": 3,
-    "patience": 3,
-    "num_workers": 0,
-    "base_lr": 0.006,
-    "segformer": {"encoder": "mit_b0", "image_size": 64, "batch_size": 4},
-    "convnext": {"encoder": "tu-convnext_atto", "image_size": 64, "batch_size": 4},
-    "maxvit": {"encoder": "tu-maxvit_pico_rw_256", "image_size": 64, "batch_size": 4},
-}
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    """A project folder with params.yaml and a 40-image, 64 px cache and class weights."""
-    root = tmp_path_factory.mktemp("tiny")
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["train"].update(TINY_TRAIN)
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
-    raw = root / "data" / "raw"
-    run_ingest(IngestConfig(n=40, min_size=64, max_size=112, workers=1), raw)
-    write_splits(read_metadata(raw), SplitConfig(), root / "data" / "splits")
-    cache = root / "data" / "cache"
-    build_cache(
-        raw, root / "data" / "splits" / "split.csv", cache, PrepareConfig(size=64, workers=1)
-    )
-    counts = pixel_counts(iter_masks(cache, "train"))
-    write_json(
-        root / "data" / "class_weights.json", weights_document(counts, load_params().weights)
-    )
-    return root
+from .conftest import BIN
 
 
 def _train(tiny: Path, out: Path, **train_changes):
