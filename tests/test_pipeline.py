@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import BIN, ROOT
+from .conftest import BIN, ROOT, tiny_params
 
 ARCHS = ("convnext", "segformer", "maxvit")
 
@@ -42,12 +42,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copytree(ROOT / ".dvc", copy / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
     (copy / "data").mkdir()
     shutil.copy(ROOT / "data" / ".gitignore", copy / "data" / ".gitignore")
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["ingest"].update(n=12, min_size=64, max_size=96, rows_per_shard=4, workers=1)
-    params["prepare"].update(size=64, workers=1)  # 12 records: no process pool to start
-    params["train"].update(epochs=1, num_workers=0)
-    for arch in ARCHS:
-        params["train"][arch].update(image_size=64, batch_size=4)
+    params = tiny_params(ingest={"n": 12, "max_size": 96, "rows_per_shard": 4}, train={"epochs": 1})
     (copy / "params.yaml").write_text(yaml.safe_dump(params))
     _run(["git", "init", "-q"], copy)
     _run([str(BIN / "dvc"), "repro"], copy)
