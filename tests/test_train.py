@@ -23,7 +23,7 @@ from heritageseg.core.classes import CLASS_NAMES
 from heritageseg.core.config import load_params
 from heritageseg.data.cache import CacheDataset
 from heritageseg.data.transforms import eval_transform, normalization
-from heritageseg.nn.checkpoint import load_weights
+from heritageseg.nn.checkpoint import load_trained
 from heritageseg.nn.engine import NonFiniteLossError, evaluate, resolve_precision, train_one_epoch
 from heritageseg.nn.losses import build_loss
 from heritageseg.nn.models import build_model
@@ -61,8 +61,9 @@ def test_training_writes_weights_config_history_and_metrics(tiny, tmp_path):
     assert config["model"]["encoder"] == "mit_b0"
     assert len(config["normalization"]["mean"]) == 3
     assert config["best_epoch"] == result.best_epoch
-    model = build_model(load_params(tiny / "params.yaml").train.segformer)
-    assert load_weights(model, folder)["arch"] == "segformer"
+    trained = load_trained(folder)  # the saved weights fit the model the params describe
+    assert trained.config["arch"] == "segformer"
+    assert trained.model == load_params(tiny / "params.yaml").train.segformer
     metrics = json.loads((folder / "train_metrics.json").read_text())
     assert metrics["epochs_run"] == 3 and metrics["params_m"] > 1
 
