@@ -127,6 +127,18 @@ def tiny(tiny_project: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(tiny_project, tmp_path / "tiny", symlinks=True))
 
 
+FIXTURE_MARKS = {"slurm_cluster": "slurm", "ui_server": "server"}
+"""Markers that follow from a fixture: a test using one (directly or through another fixture)
+needs what the fixture starts, so `make test-fast` leaves it out without a decorator."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for fixture, mark in FIXTURE_MARKS.items():
+            if fixture in item.fixturenames:
+                item.add_marker(mark)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _mlflow_store_in_tmp(tmp_path_factory: pytest.TempPathFactory):
     """CLI runs in tests track into a throwaway sqlite store, never the project's mlruns/."""

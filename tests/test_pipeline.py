@@ -14,6 +14,7 @@ import yaml
 
 from .conftest import BIN, ROOT, tiny_params
 
+pytestmark = pytest.mark.pipeline
 ARCHS = ("convnext", "segformer", "maxvit")
 
 

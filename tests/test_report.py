@@ -98,6 +98,7 @@ def test_html_is_self_contained(report):
 
 
 @pytest.mark.slow
+@pytest.mark.browser
 def test_report_renders_in_headless_chromium(report):
     shot = screenshot(
         (report / "index.html").as_uri(), ARTIFACTS / "report.png", 1400, 3000, wait_ms=2000

@@ -33,7 +33,7 @@ from heritageseg.ops.launch import (
 
 from .conftest import BIN, ROOT
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 CLUSTER = ROOT / "slurm" / "local-cluster"
 STATE = ROOT / ".slurm-local"
 

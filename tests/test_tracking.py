@@ -298,6 +298,7 @@ def _stop(process: subprocess.Popen) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.server
 def test_served_production_model_answers_a_rest_prediction(tracked, store, tmp_path):
     _set_production()
     port = _free_port()
@@ -427,6 +428,7 @@ def _dom(url: str) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.browser
 def test_mlflow_ui_in_headless_chromium_shows_the_benchmark_runs(tracked, ui_server):
     client = MlflowClient()
     experiment = client.get_run(tracked["run_id"]).info.experiment_id
