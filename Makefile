@@ -26,8 +26,8 @@ lint: setup
 test: lint
 	$(BIN)/pytest
 
-# The unit tier: no Slurm cluster, MLflow server, Chromium or `dvc repro`; a few minutes.
-FAST := not (slurm or server or browser or pipeline or slow)
+# The unit tier: no Slurm cluster, MLflow server, Chromium, `dvc repro` or training for epochs.
+FAST := not (slurm or server or browser or pipeline or training or slow)
 test-fast: setup
 	$(BIN)/pytest -m "$(FAST)"
 

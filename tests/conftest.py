@@ -127,9 +127,14 @@ def tiny(tiny_project: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(tiny_project, tmp_path / "tiny", symlinks=True))
 
 
-FIXTURE_MARKS = {"slurm_cluster": "slurm", "ui_server": "server"}
+FIXTURE_MARKS = {
+    "slurm_cluster": "slurm",  # test_slurm.py
+    "ui_server": "server",  # test_tracking.py
+    "tracked": "training",  # test_tracking.py: train + evaluate through the CLI
+    "evaluated": "training",  # test_report.py: two architectures trained and evaluated
+}
 """Markers that follow from a fixture: a test using one (directly or through another fixture)
-needs what the fixture starts, so `make test-fast` leaves it out without a decorator."""
+needs what the fixture starts or trains, so `make test-fast` leaves it out undecorated."""
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -48,6 +48,7 @@ def test_an_id_without_a_fold_is_named(tiny):
 
 
 @pytest.mark.slow
+@pytest.mark.training
 def test_leave_one_content_out_trains_and_scores_every_fold(tiny, tmp_path):
     params = load_params(tiny / "params.yaml")
     params = dataclasses.replace(params, train=dataclasses.replace(params.train, epochs=1))

@@ -46,6 +46,7 @@ def _train(tiny: Path, out: Path, **train_changes):
     )
 
 
+@pytest.mark.training
 def test_training_writes_weights_config_history_and_metrics(tiny, tmp_path):
     train = load_params(tiny / "params.yaml").train
     result = _train(tiny, tmp_path / "segformer")
@@ -69,12 +70,14 @@ def test_training_writes_weights_config_history_and_metrics(tiny, tmp_path):
     assert metrics["epochs_run"] == train.epochs and metrics["params_m"] > 1
 
 
+@pytest.mark.training
 def test_a_few_epochs_lower_the_training_loss(tiny, tmp_path):
     result = _train(tiny, tmp_path / "run", epochs=4)
     losses = [row["train_loss"] for row in result.history]
     assert losses[-1] < losses[0]
 
 
+@pytest.mark.training
 def test_same_seed_gives_identical_weights_on_cpu(tiny, tmp_path):
     _train(tiny, tmp_path / "a", epochs=2)
     _train(tiny, tmp_path / "b", epochs=2)
@@ -83,6 +86,7 @@ def test_same_seed_gives_identical_weights_on_cpu(tiny, tmp_path):
     assert all(torch.equal(first[key], second[key]) for key in first)
 
 
+@pytest.mark.training
 def test_dataloader_workers_keep_training_deterministic(tiny, tmp_path):
     _train(tiny, tmp_path / "a", epochs=1, num_workers=2)
     _train(tiny, tmp_path / "b", epochs=1, num_workers=2)
@@ -91,6 +95,7 @@ def test_dataloader_workers_keep_training_deterministic(tiny, tmp_path):
     assert all(torch.equal(first[key], second[key]) for key in first)
 
 
+@pytest.mark.training
 def test_hierarchical_heads_train_and_validate(tiny, tmp_path):
     params = load_params(tiny / "params.yaml")
     segformer = dataclasses.replace(params.train.segformer, head="hierarchical")
@@ -108,6 +113,7 @@ def _train_command(tiny: Path, out: Path) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.training
 def test_resume_after_sigkill_equals_the_uninterrupted_run(tiny, tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     uninterrupted = subprocess.run(
@@ -192,6 +198,7 @@ def _evaluate_val(cache: Path, rank: Rank) -> np.ndarray:
     return stats.confusion.numpy()
 
 
+@pytest.mark.training
 def test_two_process_ddp_metrics_equal_the_single_process_ones(tiny, tmp_path):
     cache = tiny / "data" / "cache"
     single = _evaluate_val(cache, Rank())
@@ -204,6 +211,7 @@ def test_two_process_ddp_metrics_equal_the_single_process_ones(tiny, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.training
 def test_two_process_ddp_training_runs_and_only_rank_zero_writes(tiny, tmp_path):
     command = [
         str(BIN / "torchrun"), "--standalone", "--nproc-per-node", "2",
@@ -239,6 +247,7 @@ def _evaluated_segformer(tiny: Path, tmp_path: Path):
     )
 
 
+@pytest.mark.training
 def test_evaluate_writes_metrics_in_the_schema_at_both_resolutions(tiny, tmp_path):
     documents = _evaluated_segformer(tiny, tmp_path).documents
     assert set(documents) == {"metrics.json", "metrics_native.json"}
@@ -259,6 +268,7 @@ def test_evaluate_writes_metrics_in_the_schema_at_both_resolutions(tiny, tmp_pat
     assert native != prepared  # full-size pixels, not the 64 px cache's
 
 
+@pytest.mark.training
 def test_evaluate_writes_per_image_matrices_per_class_table_and_pictures(tiny, tmp_path):
     evaluation = _evaluated_segformer(tiny, tmp_path)
     out = tmp_path / "metrics" / "segformer"
