@@ -64,7 +64,7 @@ def test_all_fifteen_damage_classes_appear_in_the_default_set(synthetic_raw):
 
 def test_manifest_describes_the_set(synthetic_raw):
     manifest = json.loads((synthetic_raw / "manifest.json").read_text())
-    assert manifest["source"]["kind"] == "synthetic"
+    assert manifest["source"]["kind"] == SYNTHETIC.source
     assert sum(manifest["content_counts"].values()) == SYNTHETIC.n
     assert sum(manifest["material_counts"].values()) == SYNTHETIC.n
     assert sum(s["records"] for s in manifest["shards"]) == SYNTHETIC.n

@@ -142,6 +142,11 @@ def _weights(project: Path) -> dict[str, bytes]:
     return {arch: (project / "models" / arch / "model.safetensors").read_bytes() for arch in ARCHS}
 
 
+def _experiment(project: Path) -> str:
+    """The MLflow experiment the project's params track into."""
+    return yaml.safe_load((project / "params.yaml").read_text())["tracking"]["experiment"]
+
+
 def _assert_tracked_in_mlflow(project: Path) -> None:
     """`dvc repro` lands in the project's store: a parent run, one child per arch, SegFormer
     promoted by the last stage."""
@@ -149,7 +154,7 @@ def _assert_tracked_in_mlflow(project: Path) -> None:
 
     uri = f"sqlite:///{project}/mlruns/mlflow.db"
     client = MlflowClient(uri, registry_uri=uri)
-    experiment = client.get_experiment_by_name("artefact-benchmark").experiment_id
+    experiment = client.get_experiment_by_name(_experiment(project)).experiment_id
     runs = {r.info.run_name: r for r in client.search_runs([experiment])}
     (parent,) = [r for name, r in runs.items() if name.startswith("benchmark-")]
     for arch in ARCHS:
@@ -175,7 +180,7 @@ def test_an_experiment_lands_in_mlflow(project: Path) -> None:
           "train@segformer"], project)  # fmt: skip
     uri = f"sqlite:///{project}/mlruns/mlflow.db"
     client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name("artefact-benchmark").experiment_id
+    experiment = client.get_experiment_by_name(_experiment(project)).experiment_id
     sizes = [r.data.params.get("model.image_size") for r in client.search_runs([experiment])
              if r.info.run_name == "segformer"]  # fmt: skip
     assert str(other) in sizes and str(size) in sizes
