@@ -45,7 +45,7 @@ TINY = {
 """What the tiny project changes in the real params.yaml; every other value is the project's."""
 
 SYNTHETIC = IngestConfig(n=200, seed=0, rows_per_shard=80)
-"""The session's synthetic set (`synthetic_raw`): the generator's default sizes."""
+"""The session's synthetic set (`synthetic_raw`); sizes are IngestConfig's defaults."""
 
 
 def make_raw(
@@ -106,9 +106,9 @@ def tiny_params(**changes: dict) -> dict:
 
 @pytest.fixture(scope="session")
 def tiny_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A project folder built once per session: params.yaml (`tiny_params()`), a 40-image
-    synthetic set, its splits, the 64 px cache and class weights. Shared: read it, never
-    write into it (module-scoped fixtures build on it; tests take `tiny`)."""
+    """A project folder built once per session: params.yaml (`tiny_params()`) and what its
+    first stages make of it (synthetic set, splits, cache, class weights). Shared: read it,
+    never write into it (module-scoped fixtures build on it; tests take `tiny`)."""
     root = tmp_path_factory.mktemp("tiny")
     (root / "params.yaml").write_text(yaml.safe_dump(tiny_params()))
     params = load_params(root / "params.yaml")
