@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export NO_ALBUMENTATIONS_UPDATE := 1
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup test lint repro bench clean
+.PHONY: setup test test-fast lint repro bench clean
 
 setup: $(STAMP)
 
@@ -25,6 +25,11 @@ lint: setup
 
 test: lint
 	$(BIN)/pytest
+
+# The unit tier: no Slurm cluster, MLflow server, Chromium, `dvc repro` or training for epochs.
+FAST := not (slurm or server or browser or pipeline or training or slow)
+test-fast: lint
+	$(BIN)/pytest -m "$(FAST)"
 
 repro: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro

@@ -1,20 +1,51 @@
-"""Shared fixtures: small hand-made records and a synthetic set ingested once per session."""
+"""Shared constants and fixtures: small hand-made records, a synthetic set ingested once per
+session, and the tiny project (the real params.yaml, shrunk) built once and copied per test."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
-from heritageseg.core.config import IngestConfig
-from heritageseg.data.artefact import RawRecord
+from heritageseg.core.config import IngestConfig, load_params
+from heritageseg.core.fileio import write_json
+from heritageseg.data.artefact import RawRecord, read_metadata
+from heritageseg.data.cache import build_cache, iter_masks
 from heritageseg.data.ingest import run_ingest
 from heritageseg.data.shards import ShardWriter, encode_png
+from heritageseg.data.splits import write_splits
+from heritageseg.data.weights import pixel_counts, weights_document
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent  # the console scripts (heritageseg, dvc, torchrun, mlflow)
+ARTIFACTS = ROOT / "test-artifacts"  # screenshots kept for a person to look at
+
+TINY_SIZE = 64  # side of the tiny cache and of every model trained on it
+TINY = {
+    "ingest": {"n": 40, "min_size": TINY_SIZE, "max_size": 112, "workers": 1},
+    "prepare": {"size": TINY_SIZE, "workers": 1},
+    "train": {
+        "epochs": 3,
+        "patience": 3,
+        "num_workers": 0,
+        "base_lr": 0.006,
+        "segformer": {"encoder": "mit_b0", "image_size": TINY_SIZE, "batch_size": 4},
+        "convnext": {"encoder": "tu-convnext_atto", "image_size": TINY_SIZE, "batch_size": 4},
+        "maxvit": {"encoder": "tu-maxvit_pico_rw_256", "image_size": TINY_SIZE, "batch_size": 4},
+    },
+}
+"""What the tiny project changes in the real params.yaml; every other value is the project's."""
+
+SYNTHETIC = IngestConfig(n=200, seed=0, rows_per_shard=80)
+"""The session's synthetic set (`synthetic_raw`); sizes are IngestConfig's defaults."""
 
 
 def make_raw(
@@ -50,10 +81,67 @@ def write_shards(folder: Path, records: list[RawRecord], rows_per_shard: int = 1
 
 @pytest.fixture(scope="session")
 def synthetic_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The default synthetic set of 200 images, ingested once for the whole session."""
+    """The synthetic set SYNTHETIC, ingested once for the whole session."""
     out = tmp_path_factory.mktemp("synthetic") / "raw"
-    run_ingest(IngestConfig(n=200, seed=0, rows_per_shard=80), out)
+    run_ingest(SYNTHETIC, out)
     return out
+
+
+def _merge(base: dict, changes: dict) -> dict:
+    """`base` with `changes` applied key by key, nested sections merged, not replaced."""
+    merged = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            merged[key] = _merge(base[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def tiny_params(**changes: dict) -> dict:
+    """The project's params.yaml shrunk by TINY, then by `changes` (sections of overrides)."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    return _merge(_merge(params, TINY), changes)
+
+
+@pytest.fixture(scope="session")
+def tiny_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project folder built once per session: params.yaml (`tiny_params()`) and what its
+    first stages make of it (synthetic set, splits, cache, class weights). Shared: read it,
+    never write into it (module-scoped fixtures build on it; tests take `tiny`)."""
+    root = tmp_path_factory.mktemp("tiny")
+    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params()))
+    params = load_params(root / "params.yaml")
+    data = root / "data"
+    run_ingest(params.ingest, data / "raw")
+    write_splits(read_metadata(data / "raw"), params.split, data / "splits")
+    build_cache(data / "raw", data / "splits" / "split.csv", data / "cache", params.prepare)
+    counts = pixel_counts(iter_masks(data / "cache", "train"))
+    write_json(data / "class_weights.json", weights_document(counts, params.weights))
+    return root
+
+
+@pytest.fixture
+def tiny(tiny_project: Path, tmp_path: Path) -> Path:
+    """This test's own copy of the tiny project, under tmp_path / "tiny": free to change."""
+    return Path(shutil.copytree(tiny_project, tmp_path / "tiny", symlinks=True))
+
+
+FIXTURE_MARKS = {
+    "slurm_cluster": "slurm",  # test_slurm.py
+    "ui_server": "server",  # test_tracking.py
+    "tracked": "training",  # test_tracking.py: train + evaluate through the CLI
+    "evaluated": "training",  # test_report.py: two architectures trained and evaluated
+}
+"""Markers that follow from a fixture: a test using one (directly or through another fixture)
+needs what the fixture starts or trains, so `make test-fast` leaves it out undecorated."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for fixture, mark in FIXTURE_MARKS.items():
+            if fixture in item.fixturenames:
+                item.add_marker(mark)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 
 import numpy as np
 import pyarrow as pa
@@ -22,7 +23,7 @@ from heritageseg.data.artefact import (
 )
 from heritageseg.data.shards import encode_png
 
-from .conftest import make_raw, write_shards
+from .conftest import SYNTHETIC, make_raw, write_shards
 
 
 def test_published_columns_are_the_datasets_in_order():
@@ -42,8 +43,9 @@ def test_published_columns_are_the_datasets_in_order():
 
 def test_written_shards_have_the_published_schema(synthetic_raw):
     shards = sorted((synthetic_raw / "data").glob("train-*-of-*.parquet"))
-    assert len(shards) == 3  # 200 records at 80 per shard
-    assert shards[0].name == "train-00000-of-00003.parquet"
+    count = math.ceil(SYNTHETIC.n / SYNTHETIC.rows_per_shard)
+    assert len(shards) == count
+    assert shards[0].name == f"train-00000-of-{count:05d}.parquet"
     for shard in shards:
         schema = pq.read_schema(shard)
         assert schema.names == list(PUBLISHED_COLUMNS)

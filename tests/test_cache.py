@@ -23,7 +23,7 @@ from heritageseg.data.cache import (
 )
 from heritageseg.data.splits import write_splits
 
-from .conftest import make_raw, write_shards
+from .conftest import SYNTHETIC, make_raw, write_shards
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,8 @@ def test_resize_cache_round_trips_the_decoded_source(synthetic_raw, resize_cache
     index = read_index(resize_cache)
     images = np.load(resize_cache / "images.npy", mmap_mode="r")
     masks = np.load(resize_cache / "masks.npy", mmap_mode="r")
-    assert len(index) == 200 and images.shape == (200, 96, 96, 3) and images.dtype == np.uint8
+    assert len(index) == SYNTHETIC.n and images.shape == (SYNTHETIC.n, 96, 96, 3)
+    assert images.dtype == np.uint8
     for row, record in enumerate(_first_records(synthetic_raw, 12)):
         expected = resize_to_square(record.image, record.mask, 96)
         assert index.loc[row, "id"] == record.raw.id
@@ -132,7 +133,7 @@ def _to_tensors(image, mask):
 
 def test_dataset_reads_one_split_with_transforms_and_pickles_without_the_map(resize_cache):
     dataset = CacheDataset(resize_cache, "val", transform=_to_tensors)
-    assert 0 < len(dataset) < 200
+    assert 0 < len(dataset) < SYNTHETIC.n
     assert set(dataset.index["split"]) == {"val"}
     sample = dataset[0]
     assert tuple(sample["image"].shape) == (3, 96, 96)

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import dataclasses
 
 import pytest
+import yaml
 
 from heritageseg.core.config import IngestConfig, load_params, with_overrides
 from heritageseg.core.errors import ConfigError
+from heritageseg.ops.profiles import flatten
 
-ROOT = Path(__file__).resolve().parents[1]
+from .conftest import ROOT
 
 
-def test_the_projects_params_yaml_loads():
-    params = load_params(ROOT / "params.yaml")
-    assert params.ingest.source == "synthetic"
-    assert params.ingest.n == 300
+def test_the_projects_params_yaml_loads_every_value_as_written():
+    written = flatten(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    loaded = flatten(dataclasses.asdict(load_params(ROOT / "params.yaml")))
+    loaded = {key: list(v) if isinstance(v, tuple) else v for key, v in loaded.items()}
+    assert {key: loaded[key] for key in written} == written
 
 
 @pytest.mark.parametrize(

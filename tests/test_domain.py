@@ -13,10 +13,9 @@ from heritageseg.core.config import load_params
 from heritageseg.core.errors import DataError
 from heritageseg.data.cache import CacheDataset, read_index
 from heritageseg.stages.loco import fold_index, run_leave_one_out, write_fold_cache
-from tests.test_train import tiny  # noqa: F401 (the fixture)
 
 
-def test_fold_index_holds_out_one_content_and_keeps_the_rest(tiny):  # noqa: F811
+def test_fold_index_holds_out_one_content_and_keeps_the_rest(tiny):
     index = read_index(tiny / "data" / "cache")
     folds = pd.read_csv(tiny / "data" / "splits" / "lo_content.csv", dtype=str)
     held = folds["fold"].iloc[0]
@@ -29,7 +28,7 @@ def test_fold_index_holds_out_one_content_and_keeps_the_rest(tiny):  # noqa: F81
     assert (view.loc[others & (index["split"] == "test"), "split"] == "train").all()
 
 
-def test_fold_cache_links_the_memmaps_instead_of_copying(tiny, tmp_path):  # noqa: F811
+def test_fold_cache_links_the_memmaps_instead_of_copying(tiny, tmp_path):
     cache = tiny / "data" / "cache"
     folds = pd.read_csv(tiny / "data" / "splits" / "lo_content.csv", dtype=str)
     view = fold_index(read_index(cache), folds, folds["fold"].iloc[0])
@@ -41,7 +40,7 @@ def test_fold_cache_links_the_memmaps_instead_of_copying(tiny, tmp_path):  # noq
     assert np.array_equal(first["image"], original["image"])
 
 
-def test_an_id_without_a_fold_is_named(tiny):  # noqa: F811
+def test_an_id_without_a_fold_is_named(tiny):
     index = read_index(tiny / "data" / "cache")
     folds = pd.read_csv(tiny / "data" / "splits" / "lo_content.csv", dtype=str).iloc[1:]
     with pytest.raises(DataError, match="have no fold"):
@@ -49,7 +48,8 @@ def test_an_id_without_a_fold_is_named(tiny):  # noqa: F811
 
 
 @pytest.mark.slow
-def test_leave_one_content_out_trains_and_scores_every_fold(tiny, tmp_path):  # noqa: F811
+@pytest.mark.training
+def test_leave_one_content_out_trains_and_scores_every_fold(tiny, tmp_path):
     params = load_params(tiny / "params.yaml")
     params = dataclasses.replace(params, train=dataclasses.replace(params.train, epochs=1))
     params = dataclasses.replace(

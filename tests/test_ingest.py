@@ -22,7 +22,7 @@ from heritageseg.data.ingest import ingest, run_ingest
 from heritageseg.data.shards import encode_png
 from heritageseg.data.synth import generate_sample
 
-from .conftest import make_raw, write_shards
+from .conftest import SYNTHETIC, make_raw, write_shards
 
 GOOD = [make_raw(f"cgood{i:020d}") for i in range(5)]
 
@@ -53,7 +53,7 @@ def test_reading_back_a_synthetic_set_gives_identical_pixels(synthetic_raw):
 
 def test_all_fifteen_damage_classes_appear_in_the_default_set(synthetic_raw):
     manifest = json.loads((synthetic_raw / "manifest.json").read_text())
-    assert manifest["records"] == 200
+    assert manifest["records"] == SYNTHETIC.n
     assert set(manifest["class_pixels"]) == {*CLASS_NAMES, "Background"}
     missing = [name for name in CLASS_NAMES if manifest["class_pixels"][name] == 0]
     assert not missing
@@ -64,12 +64,14 @@ def test_all_fifteen_damage_classes_appear_in_the_default_set(synthetic_raw):
 
 def test_manifest_describes_the_set(synthetic_raw):
     manifest = json.loads((synthetic_raw / "manifest.json").read_text())
-    assert manifest["source"]["kind"] == "synthetic"
-    assert sum(manifest["content_counts"].values()) == 200
-    assert sum(manifest["material_counts"].values()) == 200
-    assert sum(s["records"] for s in manifest["shards"]) == 200
+    assert manifest["source"]["kind"] == SYNTHETIC.source
+    assert sum(manifest["content_counts"].values()) == SYNTHETIC.n
+    assert sum(manifest["material_counts"].values()) == SYNTHETIC.n
+    assert sum(s["records"] for s in manifest["shards"]) == SYNTHETIC.n
     size = manifest["image_size"]
-    assert 256 <= size["min_width"] <= size["max_width"] <= 512
+    for side in ("width", "height"):
+        low, high = size[f"min_{side}"], size[f"max_{side}"]
+        assert SYNTHETIC.min_size <= low <= high <= SYNTHETIC.max_size, side
     assert len(manifest["checksum"]) == 64
 
 
@@ -192,9 +194,10 @@ def test_hf_source_with_mocked_hub_ingests_the_downloaded_shards(tmp_path, monke
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    result = run_ingest(IngestConfig(source="hf"), tmp_path / "raw")
+    cfg = IngestConfig(source="hf", hf_repo="someone/a-copy", hf_revision="v2")
+    result = run_ingest(cfg, tmp_path / "raw")
     assert result.records == 5
-    assert calls["repo_id"] == "danielaivanova/damaged-media"
+    assert (calls["repo_id"], calls["revision"]) == (cfg.hf_repo, cfg.hf_revision)
     assert calls["repo_type"] == "dataset"
     assert result.manifest["source"]["kind"] == "hf"
 

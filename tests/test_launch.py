@@ -7,18 +7,27 @@ import functools
 import operator
 
 import pytest
+import yaml
 
 from heritageseg.core.config import load_params
 from heritageseg.core.errors import ConfigError
 from heritageseg.ops.launch import SlurmProfile, _LogTail, load_profile, run_jobs
 
+from .conftest import ROOT
+
 
 def test_the_shipped_profile_becomes_sbatch_settings_with_gres_gpus():
-    settings = load_profile("slurm/v100.yaml").sbatch("train-all")
-    assert settings["partition"] == "v100" and settings["gpus_per_node"] == 1
-    assert settings["time"] == 240 and settings["signal_delay_s"] == 300
-    assert settings["mem"] == "32768MB" and settings["job_name"] == "train-all"
-    assert "account" not in settings  # null keys are left to the cluster's defaults
+    path = ROOT / "slurm" / "v100.yaml"
+    shipped = yaml.safe_load(path.read_text())
+    settings = load_profile(path).sbatch("train-all")
+    assert settings["job_name"] == "train-all"
+    for key in ("partition", "gpus_per_node", "cpus_per_task", "signal_delay_s"):
+        assert settings[key] == shipped[key], key
+    assert settings["ntasks_per_node"] == shipped["tasks_per_node"]
+    assert settings["time"] == shipped["time_min"]
+    assert settings["mem"] == f"{int(shipped['mem_gb'] * 1024)}MB"
+    for key in ("account", "qos", "constraint"):  # null: left to the cluster's defaults
+        assert (key in settings) == (shipped[key] is not None), key
 
 
 def test_profile_errors_name_the_file_and_key(tmp_path):
@@ -33,8 +42,9 @@ def test_profile_errors_name_the_file_and_key(tmp_path):
 
 
 def test_params_launch_section_defaults_to_running_here():
-    launch = load_params("params.yaml").launch
-    assert launch.executor == "local" and launch.profile == "slurm/v100.yaml"
+    launch = load_params(ROOT / "params.yaml").launch
+    assert launch.executor == "local"  # `make repro` needs no cluster
+    load_profile(ROOT / launch.profile)  # and the profile `--executor slurm` takes is there
 
 
 def test_local_and_debug_executors_return_results_in_order(tmp_path):

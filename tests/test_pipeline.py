@@ -7,15 +7,15 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from .conftest import BIN, ROOT, tiny_params
+
+pytestmark = pytest.mark.pipeline
 ARCHS = ("convnext", "segformer", "maxvit")
-BIN = Path(sys.executable).parent
 
 
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -43,12 +43,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copytree(ROOT / ".dvc", copy / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
     (copy / "data").mkdir()
     shutil.copy(ROOT / "data" / ".gitignore", copy / "data" / ".gitignore")
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["ingest"].update(n=12, min_size=64, max_size=96, rows_per_shard=4, workers=1)
-    params["prepare"].update(size=64, workers=1)  # 12 records: no process pool to start
-    params["train"].update(epochs=1, num_workers=0)
-    for arch in ARCHS:
-        params["train"][arch].update(image_size=64, batch_size=4)
+    params = tiny_params(ingest={"n": 12, "max_size": 96, "rows_per_shard": 4}, train={"epochs": 1})
     (copy / "params.yaml").write_text(yaml.safe_dump(params))
     _run(["git", "init", "-q"], copy)
     _run([str(BIN / "dvc"), "repro"], copy)
@@ -57,14 +52,15 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.slow
 def test_dvc_repro_runs_every_stage_is_a_no_op_the_second_time_and_deterministic(project: Path):
+    params = yaml.safe_load((project / "params.yaml").read_text())
     manifest = json.loads((project / "data" / "raw" / "manifest.json").read_text())
-    assert manifest["records"] == 12
+    assert manifest["records"] == params["ingest"]["n"]
     for name in ("split.csv", "lo_content.csv", "lo_material.csv"):
         assert (project / "data" / "splits" / name).is_file()
     for name in ("images.npy", "masks.npy", "index.csv", "cache.json"):
         assert (project / "data" / "cache" / name).is_file()
     weights = json.loads((project / "data" / "class_weights.json").read_text())
-    assert weights["method"] == "inverse_sqrt_log_scaled" and len(weights["weights"]) == 16
+    assert weights["method"] == params["weights"]["method"] and len(weights["weights"]) == 16
     for arch in ARCHS:
         for name in ("model.safetensors", "config.json", "history.csv", "train_metrics.json"):
             assert (project / "models" / arch / name).is_file(), f"{arch}/{name}"
@@ -146,6 +142,11 @@ def _weights(project: Path) -> dict[str, bytes]:
     return {arch: (project / "models" / arch / "model.safetensors").read_bytes() for arch in ARCHS}
 
 
+def _experiment(project: Path) -> str:
+    """The MLflow experiment the project's params track into."""
+    return yaml.safe_load((project / "params.yaml").read_text())["tracking"]["experiment"]
+
+
 def _assert_tracked_in_mlflow(project: Path) -> None:
     """`dvc repro` lands in the project's store: a parent run, one child per arch, SegFormer
     promoted by the last stage."""
@@ -153,7 +154,7 @@ def _assert_tracked_in_mlflow(project: Path) -> None:
 
     uri = f"sqlite:///{project}/mlruns/mlflow.db"
     client = MlflowClient(uri, registry_uri=uri)
-    experiment = client.get_experiment_by_name("artefact-benchmark").experiment_id
+    experiment = client.get_experiment_by_name(_experiment(project)).experiment_id
     runs = {r.info.run_name: r for r in client.search_runs([experiment])}
     (parent,) = [r for name, r in runs.items() if name.startswith("benchmark-")]
     for arch in ARCHS:
@@ -173,13 +174,15 @@ def test_an_experiment_lands_in_mlflow(project: Path) -> None:
     _run(["git", "add", "-A"], project)
     _run(["git", "-c", "user.name=test", "-c", "user.email=test@example.org", "commit", "-qm",
           "baseline"], project)  # fmt: skip
-    _run([str(BIN / "dvc"), "exp", "run", "-S", "train.segformer.image_size=96", "train@segformer"],
-         project)  # fmt: skip
+    size = yaml.safe_load((project / "params.yaml").read_text())["train"]["segformer"]["image_size"]
+    other = size + 32  # another multiple of 32
+    _run([str(BIN / "dvc"), "exp", "run", "-S", f"train.segformer.image_size={other}",
+          "train@segformer"], project)  # fmt: skip
     uri = f"sqlite:///{project}/mlruns/mlflow.db"
     client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name("artefact-benchmark").experiment_id
+    experiment = client.get_experiment_by_name(_experiment(project)).experiment_id
     sizes = [r.data.params.get("model.image_size") for r in client.search_runs([experiment])
              if r.info.run_name == "segformer"]  # fmt: skip
-    assert "96" in sizes and "64" in sizes
+    assert str(other) in sizes and str(size) in sizes
     shown = _run([str(BIN / "dvc"), "exp", "show", "--json"], project).stdout
-    assert re.search(r'"image_size":\s*96', shown), "dvc exp show lists no image_size 96"
+    assert re.search(rf'"image_size":\s*{other}', shown), f"no image_size {other} in exp show"

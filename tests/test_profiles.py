@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from heritageseg.core.config import flatten_keys, load_params
 from heritageseg.core.errors import ConfigError
 from heritageseg.ops.profiles import PROFILES, apply_profile, available, set_values
 
-ROOT = Path(__file__).resolve().parents[1]
+from .conftest import ROOT
 
 
 @pytest.fixture
@@ -45,11 +46,14 @@ def test_paper_profile_is_the_reference_configuration(params_copy):
     assert (params.launch.executor, params.launch.profile) == ("slurm", "slurm/v100.yaml")
 
 
-def test_paper_native_profile_trains_on_native_tiles(params_copy):
+def test_paper_native_profile_is_the_paper_profile_on_native_tiles(params_copy, tmp_path):
+    paper_copy = Path(shutil.copy(params_copy, tmp_path / "paper.yaml"))
+    apply_profile("paper", paper_copy)
     apply_profile("paper-native", params_copy)
-    params = load_params(params_copy)
-    assert (params.prepare.mode, params.prepare.tile_size) == ("tile", 384)
-    assert params.train.segformer.encoder == "mit_b3"
+    paper, native = load_params(paper_copy), load_params(params_copy)
+    assert (paper.prepare.mode, native.prepare.mode) == ("resize", "tile")
+    assert native.prepare.tile_size == paper.prepare.size  # tiles of the side paper resizes to
+    assert dataclasses.replace(native, prepare=paper.prepare) == paper  # the rest is paper's
 
 
 def test_profiles_keep_comments_and_laptop_restores_the_default_exactly(params_copy):

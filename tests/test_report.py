@@ -17,23 +17,22 @@ from heritageseg.stages.evaluate import run_evaluation, write_evaluation
 from heritageseg.stages.report import run_report
 from heritageseg.stages.train import run_training
 from tests.browser import distinct_colours, ink, screenshot
-from tests.test_train import tiny  # noqa: F401 (the fixture)
 
-ROOT = Path(__file__).resolve().parents[1]
-ARTIFACTS = ROOT / "test-artifacts"
+from .conftest import ARTIFACTS
+
 ARCHS = ["convnext", "segformer"]
 
 
 @pytest.fixture(scope="module")
-def evaluated(tiny: Path, tmp_path_factory) -> Path:  # noqa: F811
+def evaluated(tiny_project: Path, tmp_path_factory) -> Path:
     """models/ and metrics/ of two architectures, trained 2 epochs and evaluated."""
     root = tmp_path_factory.mktemp("evaluated")
-    params = load_params(tiny / "params.yaml")
+    params = load_params(tiny_project / "params.yaml")
     params = dataclasses.replace(params, train=dataclasses.replace(params.train, epochs=2))
     params = dataclasses.replace(
         params, evaluate=dataclasses.replace(params.evaluate, bootstrap=200)
     )
-    data = tiny / "data"
+    data = tiny_project / "data"
     for arch in ARCHS:
         run_training(
             params, arch, data / "cache", data / "class_weights.json", root / "models" / arch,
@@ -99,6 +98,7 @@ def test_html_is_self_contained(report):
 
 
 @pytest.mark.slow
+@pytest.mark.browser
 def test_report_renders_in_headless_chromium(report):
     shot = screenshot(
         (report / "index.html").as_uri(), ARTIFACTS / "report.png", 1400, 3000, wait_ms=2000

@@ -30,11 +30,10 @@ from heritageseg.ops.launch import (
     print_epoch,
     run_jobs,
 )
-from tests import test_train
-from tests.test_train import BIN, ROOT
 
-pytestmark = pytest.mark.slow
-tiny = test_train.tiny  # test_train's 40-image, 64 px cache, reused (module scope)
+from .conftest import BIN, ROOT
+
+pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 CLUSTER = ROOT / "slurm" / "local-cluster"
 STATE = ROOT / ".slurm-local"
 
@@ -107,10 +106,12 @@ def _assert_same_weights(first: Path, second: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def reference(tiny, tmp_path_factory) -> Path:
+def reference(tiny_project, tmp_path_factory) -> Path:
     """segformer trained here for 2 epochs: what every Slurm run must reproduce."""
     folder = tmp_path_factory.mktemp("reference")
-    done = _train(tiny, _params(tiny, folder, 2), folder / "models", "--arch", "segformer")
+    done = _train(
+        tiny_project, _params(tiny_project, folder, 2), folder / "models", "--arch", "segformer"
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return folder / "models" / "segformer"
 

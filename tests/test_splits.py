@@ -25,6 +25,11 @@ from heritageseg.data.splits import (
 CONTENTS = ("Artistic depiction", "Photographic depiction", "Geometric patterns", "Line art")
 MATERIALS = ("Paper", "Glass", "Wood")
 SPLIT_HEADER = "id,split,material,content"
+SEVENTY_FIFTEEN = {"train": 0.70, "val": 0.15, "test": 0.15}  # 40 artworks: 28, 6, 6
+
+
+def _ratios(cfg: SplitConfig) -> tuple[float, float, float]:
+    return cfg.train, cfg.val, cfg.test
 
 
 def artworks(n: int = 40) -> pd.DataFrame:
@@ -91,7 +96,7 @@ def test_synthetic_split_has_every_id_once_and_no_group_in_two_splits(meta):
 @pytest.mark.parametrize("seed", range(5))
 def test_augmented_copies_and_tiles_of_one_artwork_share_a_split(seed):
     frame = artworks()
-    split = make_splits(frame.drop(columns="artwork"), SplitConfig(seed=seed))
+    split = make_splits(frame.drop(columns="artwork"), SplitConfig(**SEVENTY_FIFTEEN, seed=seed))
     per_artwork = split.assign(artwork=frame["artwork"]).groupby("artwork")["split"].nunique()
     assert (per_artwork == 1).all()
     groups = split.assign(artwork=frame["artwork"]).drop_duplicates("artwork")
@@ -144,8 +149,9 @@ def test_many_leaks_are_listed_up_to_ten():
 
 
 def test_synthetic_counts_follow_the_ratios(meta):
-    counts = make_splits(meta, SplitConfig())["split"].value_counts()
-    for name, ratio in zip(SPLITS, (0.70, 0.15, 0.15), strict=True):
+    cfg = SplitConfig()
+    counts = make_splits(meta, cfg)["split"].value_counts()
+    for name, ratio in zip(SPLITS, _ratios(cfg), strict=True):
         assert abs(counts[name] - ratio * len(meta)) <= 2
 
 
@@ -162,11 +168,12 @@ def test_every_content_with_seven_groups_is_in_every_split(meta, seed):
 def test_material_proportions_hold_within_a_group_per_content_block(meta, seed):
     """Each material is dealt in one consecutive block per content it appears in, and a
     block is within 1.5 groups of its share; more than that would mean broken strata."""
-    split = make_splits(meta, SplitConfig(seed=seed))
+    cfg = SplitConfig(seed=seed)
+    split = make_splits(meta, cfg)
     for material, rows in split.groupby("material"):
         slack = 1.5 * rows["content"].nunique() + 0.5
         counts = rows["split"].value_counts()
-        for name, ratio in zip(SPLITS, (0.70, 0.15, 0.15), strict=True):
+        for name, ratio in zip(SPLITS, _ratios(cfg), strict=True):
             assert abs(counts.get(name, 0) - ratio * len(rows)) <= slack, (material, name)
 
 
@@ -237,13 +244,14 @@ def test_fold_errors_name_the_group_and_the_column():
 
 def test_write_splits_writes_three_checked_csvs(tmp_path):
     frame = artworks().drop(columns="artwork")
-    result = write_splits(frame, SplitConfig(), tmp_path / "splits")
+    cfg = SplitConfig(**SEVENTY_FIFTEEN)
+    result = write_splits(frame, cfg, tmp_path / "splits")
     files = {name: tmp_path / "splits" / f"{name}.csv" for name in ("split", "lo_content")}
     files["lo_material"] = tmp_path / "splits" / "lo_material.csv"
     headers = {name: path.read_text().splitlines()[0] for name, path in files.items()}
     assert headers == {"split": SPLIT_HEADER, "lo_content": "id,fold", "lo_material": "id,fold"}
     written = pd.read_csv(files["split"], dtype=str, keep_default_na=False)
-    pd.testing.assert_frame_equal(written, make_splits(frame, SplitConfig()), check_dtype=False)
+    pd.testing.assert_frame_equal(written, make_splits(frame, cfg), check_dtype=False)
     for name in ("lo_content", "lo_material"):
         folds = pd.read_csv(files[name], dtype=str, keep_default_na=False)
         assert sorted(folds["id"]) == sorted(frame["id"])

@@ -18,6 +18,7 @@ from heritageseg.data.synth import (
 )
 
 N = 200
+MIN_SIDE, MAX_SIDE = 256, 512
 
 
 def iter_samples(n: int, seed: int = 0, min_size: int = 256, max_size: int = 512):
@@ -28,8 +29,8 @@ def iter_samples(n: int, seed: int = 0, min_size: int = 256, max_size: int = 512
 
 @pytest.fixture(scope="module")
 def samples() -> list[SynthSample]:
-    """The default set (seed 0, 256-512 px) that every frequency claim is about."""
-    return list(iter_samples(N, seed=0))
+    """The set (seed 0, sides in MIN_SIDE..MAX_SIDE) that every frequency claim is about."""
+    return list(iter_samples(N, seed=0, min_size=MIN_SIDE, max_size=MAX_SIDE))
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +72,7 @@ def test_shapes_dtypes_sizes_and_labels(samples: list[SynthSample]) -> None:
         h, w = s.annotation.shape
         assert s.image.shape == (h, w, 3) and s.image.dtype == np.uint8
         assert s.annotation.dtype == np.uint8
-        assert 256 <= h <= 512 and 256 <= w <= 512
+        assert MIN_SIDE <= h <= MAX_SIDE and MIN_SIDE <= w <= MAX_SIDE
         assert set(np.unique(s.annotation).tolist()) <= VALID_LABELS
     ratios = [s.image.shape[1] / s.image.shape[0] for s in samples[:50]]
     assert min(ratios) < 0.9 and max(ratios) > 1.1  # sides are drawn independently

@@ -24,15 +24,13 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from heritageseg import cli
-from heritageseg.core.config import TrackingConfig
+from heritageseg.core.config import TrackingConfig, load_params
 from heritageseg.ops import registry, tracking
 from heritageseg.stages.predict import damage_report
 from tests.browser import chromium, ink, screenshot
-from tests.test_train import tiny  # noqa: F401 - the module-scoped tiny project fixture
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-ARTIFACTS = ROOT / "test-artifacts"
+from .conftest import ARTIFACTS, BIN, ROOT
+
 BENCHMARK = "test-benchmark"
 NAME = "heritageseg-segformer"
 CFG = TrackingConfig()
@@ -59,15 +57,15 @@ def store(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def tracked(tiny, store, tmp_path_factory):  # noqa: F811
+def tracked(tiny_project, store, tmp_path_factory):
     """`heritageseg train` + `evaluate` of segformer with tracking on, as the CLI runs them."""
     out = tmp_path_factory.mktemp("tracked")
-    params = yaml.safe_load((tiny / "params.yaml").read_text())
+    params = yaml.safe_load((tiny_project / "params.yaml").read_text())
     params["train"]["epochs"] = 2
     params["evaluate"]["bootstrap"] = 100
     (out / "params.yaml").write_text(yaml.safe_dump(params))
     common = ["--params", str(out / "params.yaml")]
-    data = tiny / "data"
+    data = tiny_project / "data"
     assert cli.main([*common, "train", "--arch", "segformer", "--cache", str(data / "cache"),
                      "--weights", str(data / "class_weights.json"), "--raw", str(data / "raw"),
                      "--out", str(out / "models")]) == 0  # fmt: skip
@@ -82,9 +80,12 @@ def test_a_tiny_run_records_params_metrics_table_confusion_and_model(tracked):
     client = MlflowClient()
     run = client.get_run(tracked["run_id"])
     assert run.info.status == "FINISHED" and run.info.run_name == "segformer"
+    settings = load_params(tracked["params"])
+    model, epochs = settings.train.segformer, settings.train.epochs
     params = run.data.params
-    assert params["train.epochs"] == "2" and params["model.encoder"] == "mit_b0"
-    assert params["model.image_size"] == "64" and params["evaluate.bootstrap"] == "100"
+    assert params["train.epochs"] == str(epochs) and params["model.encoder"] == model.encoder
+    assert params["model.image_size"] == str(model.image_size)
+    assert params["evaluate.bootstrap"] == str(settings.evaluate.bootstrap)
     assert "config.normalization.mean" in params and "config.cache.side" in params
     tags = run.data.tags
     for key in ("git.commit", "git.dirty", "data.manifest_sha256", "host", "executor"):
@@ -95,7 +96,7 @@ def test_a_tiny_run_records_params_metrics_table_confusion_and_model(tracked):
     assert parent.info.run_id == tracked["parent_run_id"]
 
     history = client.get_metric_history(tracked["run_id"], "val_miou")
-    assert sorted(m.step for m in history) == [1, 2]
+    assert sorted(m.step for m in history) == list(range(1, epochs + 1))
     metrics = json.loads((tracked["out"] / "metrics" / "segformer" / "metrics.json").read_text())
     assert run.data.metrics["test_miou"] == pytest.approx(metrics["miou"])
     assert "test_native_miou" in run.data.metrics and "best_val_miou" in run.data.metrics
@@ -111,7 +112,7 @@ def test_a_tiny_run_records_params_metrics_table_confusion_and_model(tracked):
     assert Image.open(folder / "test_confusion_matrix.png").size[0] > 400
     assert (folder / "metrics.json").is_file()  # every file of metrics/ARCH comes along
     train = Path(client.download_artifacts(tracked["run_id"], "train"))
-    assert (train / "history.csv").read_text().count("\n") == 3
+    assert (train / "history.csv").read_text().count("\n") == 1 + epochs  # header + epochs
 
     (version,) = client.search_model_versions(f"name = '{NAME}'")
     assert version.run_id == tracked["run_id"]
@@ -300,6 +301,7 @@ def _stop(process: subprocess.Popen) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.server
 def test_served_production_model_answers_a_rest_prediction(tracked, store, tmp_path):
     _set_production()
     port = _free_port()
@@ -429,6 +431,7 @@ def _dom(url: str) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.browser
 def test_mlflow_ui_in_headless_chromium_shows_the_benchmark_runs(tracked, ui_server):
     client = MlflowClient()
     experiment = client.get_run(tracked["run_id"]).info.experiment_id

@@ -9,7 +9,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,19 +16,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
 from PIL import Image
 from safetensors.torch import load_file
 
 from heritageseg.core.classes import CLASS_NAMES
-from heritageseg.core.config import IngestConfig, PrepareConfig, SplitConfig, load_params
-from heritageseg.core.fileio import write_json
-from heritageseg.data.artefact import read_metadata
-from heritageseg.data.cache import CacheDataset, build_cache, iter_masks
-from heritageseg.data.ingest import run_ingest
-from heritageseg.data.splits import write_splits
+from heritageseg.core.config import load_params
+from heritageseg.data.cache import CacheDataset
 from heritageseg.data.transforms import eval_transform, normalization
-from heritageseg.data.weights import pixel_counts, weights_document
 from heritageseg.nn.checkpoint import load_trained
 from heritageseg.nn.engine import NonFiniteLossError, evaluate, resolve_precision, train_one_epoch
 from heritageseg.nn.losses import build_loss
@@ -37,39 +30,7 @@ from heritageseg.nn.models import build_model
 from heritageseg.stages.evaluate import run_evaluation, write_evaluation
 from heritageseg.stages.train import Rank, make_loader, run_training
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-TINY_TRAIN = {
-    "epochs": 3,
-    "patience": 3,
-    "num_workers": 0,
-    "base_lr": 0.006,
-    "segformer": {"encoder": "mit_b0", "image_size": 64, "batch_size": 4},
-    "convnext": {"encoder": "tu-convnext_atto", "image_size": 64, "batch_size": 4},
-    "maxvit": {"encoder": "tu-maxvit_pico_rw_256", "image_size": 64, "batch_size": 4},
-}
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    """A project folder with params.yaml and a 40-image, 64 px cache and class weights."""
-    root = tmp_path_factory.mktemp("tiny")
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["train"].update(TINY_TRAIN)
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
-    raw = root / "data" / "raw"
-    run_ingest(IngestConfig(n=40, min_size=64, max_size=112, workers=1), raw)
-    write_splits(read_metadata(raw), SplitConfig(), root / "data" / "splits")
-    cache = root / "data" / "cache"
-    build_cache(
-        raw, root / "data" / "splits" / "split.csv", cache, PrepareConfig(size=64, workers=1)
-    )
-    counts = pixel_counts(iter_masks(cache, "train"))
-    write_json(
-        root / "data" / "class_weights.json",
-        weights_document(counts, load_params(ROOT / "params.yaml").weights),
-    )
-    return root
+from .conftest import BIN, ROOT, TINY_SIZE
 
 
 def _train(tiny: Path, out: Path, **train_changes):
@@ -85,7 +46,9 @@ def _train(tiny: Path, out: Path, **train_changes):
     )
 
 
+@pytest.mark.training
 def test_training_writes_weights_config_history_and_metrics(tiny, tmp_path):
+    train = load_params(tiny / "params.yaml").train
     result = _train(tiny, tmp_path / "segformer")
     folder = result.out
     for name in ("model.safetensors", "config.json", "history.csv", "train_metrics.json"):
@@ -94,25 +57,27 @@ def test_training_writes_weights_config_history_and_metrics(tiny, tmp_path):
     assert history[0] == (
         "epoch,train_loss,val_loss,val_miou,lr,images_per_s,epoch_seconds,peak_mem_mb"
     )
-    assert len(history) == 4
+    assert len(history) == 1 + train.epochs  # header + one row per epoch
     config = json.loads((folder / "config.json").read_text())
     assert config["classes"][9] == "Cracks"
-    assert config["model"]["encoder"] == "mit_b0"
+    assert config["model"]["encoder"] == train.segformer.encoder
     assert len(config["normalization"]["mean"]) == 3
     assert config["best_epoch"] == result.best_epoch
-    trained = load_trained(folder)
-    assert trained.model == load_params(tiny / "params.yaml").train.segformer
+    trained = load_trained(folder)  # the saved weights fit the model the params describe
     assert trained.config["arch"] == "segformer"
+    assert trained.model == train.segformer
     metrics = json.loads((folder / "train_metrics.json").read_text())
-    assert metrics["epochs_run"] == 3 and metrics["params_m"] > 1
+    assert metrics["epochs_run"] == train.epochs and metrics["params_m"] > 1
 
 
+@pytest.mark.training
 def test_a_few_epochs_lower_the_training_loss(tiny, tmp_path):
     result = _train(tiny, tmp_path / "run", epochs=4)
     losses = [row["train_loss"] for row in result.history]
     assert losses[-1] < losses[0]
 
 
+@pytest.mark.training
 def test_same_seed_gives_identical_weights_on_cpu(tiny, tmp_path):
     _train(tiny, tmp_path / "a", epochs=2)
     _train(tiny, tmp_path / "b", epochs=2)
@@ -121,6 +86,7 @@ def test_same_seed_gives_identical_weights_on_cpu(tiny, tmp_path):
     assert all(torch.equal(first[key], second[key]) for key in first)
 
 
+@pytest.mark.training
 def test_dataloader_workers_keep_training_deterministic(tiny, tmp_path):
     _train(tiny, tmp_path / "a", epochs=1, num_workers=2)
     _train(tiny, tmp_path / "b", epochs=1, num_workers=2)
@@ -129,6 +95,7 @@ def test_dataloader_workers_keep_training_deterministic(tiny, tmp_path):
     assert all(torch.equal(first[key], second[key]) for key in first)
 
 
+@pytest.mark.training
 def test_hierarchical_heads_train_and_validate(tiny, tmp_path):
     params = load_params(tiny / "params.yaml")
     segformer = dataclasses.replace(params.train.segformer, head="hierarchical")
@@ -146,6 +113,7 @@ def _train_command(tiny: Path, out: Path) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.training
 def test_resume_after_sigkill_equals_the_uninterrupted_run(tiny, tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     uninterrupted = subprocess.run(
@@ -167,7 +135,7 @@ def test_resume_after_sigkill_equals_the_uninterrupted_run(tiny, tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait()
     saved = json.loads(state.read_text())["extra"]
-    assert saved["epoch"] < 3
+    assert saved["epoch"] < load_params(tiny / "params.yaml").train.epochs
     resumed = subprocess.run(
         _train_command(tiny, tmp_path / "killed"), env=env, capture_output=True, text=True
     )
@@ -221,15 +189,16 @@ def _ddp_confusion(rank: int, world: int, port: int, cache: str, result_file: st
 def _evaluate_val(cache: Path, rank: Rank) -> np.ndarray:
     torch.manual_seed(0)
     params = load_params(ROOT / "params.yaml")
-    model_cfg = dataclasses.replace(params.train.segformer, image_size=64)
+    model_cfg = dataclasses.replace(params.train.segformer, image_size=TINY_SIZE)
     model = build_model(model_cfg)
     mean, std = normalization(model_cfg.encoder)
-    dataset = CacheDataset(cache, "val", eval_transform(64, mean, std))
+    dataset = CacheDataset(cache, "val", eval_transform(TINY_SIZE, mean, std))
     loader = make_loader(dataset, 3, train=False, seed=0, epoch=0, rank=rank, workers=0)
     stats = evaluate(model, loader, None, precision=resolve_precision("fp32", torch.device("cpu")))
     return stats.confusion.numpy()
 
 
+@pytest.mark.training
 def test_two_process_ddp_metrics_equal_the_single_process_ones(tiny, tmp_path):
     cache = tiny / "data" / "cache"
     single = _evaluate_val(cache, Rank())
@@ -242,6 +211,7 @@ def test_two_process_ddp_metrics_equal_the_single_process_ones(tiny, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.training
 def test_two_process_ddp_training_runs_and_only_rank_zero_writes(tiny, tmp_path):
     command = [
         str(BIN / "torchrun"), "--standalone", "--nproc-per-node", "2",
@@ -250,7 +220,8 @@ def test_two_process_ddp_training_runs_and_only_rank_zero_writes(tiny, tmp_path)
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ})
     assert done.returncode == 0, done.stderr[-3000:]
     history = (tmp_path / "ddp" / "segformer" / "history.csv").read_text().splitlines()
-    assert len(history) == 4  # header + 3 epochs, written once
+    epochs = load_params(tiny / "params.yaml").train.epochs
+    assert len(history) == 1 + epochs  # header + one row per epoch, written once
     assert done.stdout.count("segformer: best val mIoU") == 1
 
 
@@ -276,6 +247,7 @@ def _evaluated_segformer(tiny: Path, tmp_path: Path):
     )
 
 
+@pytest.mark.training
 def test_evaluate_writes_metrics_in_the_schema_at_both_resolutions(tiny, tmp_path):
     documents = _evaluated_segformer(tiny, tmp_path).documents
     assert set(documents) == {"metrics.json", "metrics_native.json"}
@@ -296,6 +268,7 @@ def test_evaluate_writes_metrics_in_the_schema_at_both_resolutions(tiny, tmp_pat
     assert native != prepared  # full-size pixels, not the 64 px cache's
 
 
+@pytest.mark.training
 def test_evaluate_writes_per_image_matrices_per_class_table_and_pictures(tiny, tmp_path):
     evaluation = _evaluated_segformer(tiny, tmp_path)
     out = tmp_path / "metrics" / "segformer"
