@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import yaml
 
-from heritageseg.core.config import IngestConfig, load_params, with_overrides
+from heritageseg.core.config import IngestConfig, flatten_keys, load_params, with_overrides
 from heritageseg.core.errors import ConfigError
-from heritageseg.ops.profiles import flatten
 
 from .conftest import ROOT
 
 
 def test_the_projects_params_yaml_loads_every_value_as_written():
-    written = flatten(yaml.safe_load((ROOT / "params.yaml").read_text()))
-    loaded = flatten(dataclasses.asdict(load_params(ROOT / "params.yaml")))
+    written = flatten_keys(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    loaded = flatten_keys(load_params(ROOT / "params.yaml"))
     loaded = {key: list(v) if isinstance(v, tuple) else v for key, v in loaded.items()}
     assert {key: loaded[key] for key in written} == written
 

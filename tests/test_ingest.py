@@ -43,7 +43,10 @@ def test_reading_back_a_synthetic_set_gives_identical_pixels(synthetic_raw):
     for index, raw in enumerate(iter_parquet(synthetic_raw)):
         if index % 20:
             continue
-        sample = generate_sample(index, seed=0)
+        cfg = SYNTHETIC
+        sample = generate_sample(
+            index, cfg.seed, cfg.min_size, cfg.max_size, cfg.background_fraction
+        )
         record = decode_record(raw)
         assert raw.id == sample.id
         np.testing.assert_array_equal(record.image, sample.image)

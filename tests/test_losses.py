@@ -185,7 +185,7 @@ def test_wrong_settings_and_outputs_are_errors() -> None:
     with pytest.raises(ConfigError, match="fine, hierarchical"):
         build_loss(LossConfig(), head="multi")
     with pytest.raises(ConfigError, match="at least one"):
-        build_loss(LossConfig(dice=0.0))
+        build_loss(LossConfig(dice=0.0, ce=0.0))
     logits, target = _random_case()
     with pytest.raises(TypeError, match="hierarchical"):
         build_loss(LossConfig())(_heads(logits), target)
