@@ -207,9 +207,10 @@ def _set_production(version: str = "1") -> None:
 def test_production_model_predicts_damage_maps_in_a_fresh_process(tracked, store, tmp_path):
     _set_production()
     images = [_image(tmp_path / "wide.png", 70, 130), _image(tmp_path / "small.jpg", 33, 41)]
+    predict = [str(BIN / "heritageseg"), "--params", str(ROOT / "params.yaml"), "predict",
+               "--model", f"models:/{NAME}@production"]  # fmt: skip
     done = subprocess.run(
-        [str(BIN / "heritageseg"), "predict", *map(str, images), "--model",
-         f"models:/{NAME}@production", "--out", str(tmp_path / "maps")],
+        [*predict, *map(str, images), "--out", str(tmp_path / "maps")],
         env=_env(store), capture_output=True, text=True, timeout=300, cwd=tmp_path,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
@@ -227,8 +228,7 @@ def test_production_model_predicts_damage_maps_in_a_fresh_process(tracked, store
         assert report == {**expected, "backend": "onnx"}  # the CPU default, exact
     assert "damage maps" in done.stderr  # the progress bar
     eager = subprocess.run(
-        [str(BIN / "heritageseg"), "predict", str(images[0]), "--model",
-         f"models:/{NAME}@production", "--out", str(tmp_path / "eager"), "--backend", "eager"],
+        [*predict, str(images[0]), "--out", str(tmp_path / "eager"), "--backend", "eager"],
         env=_env(store), capture_output=True, text=True, timeout=300, cwd=tmp_path,
     )  # fmt: skip
     assert eager.returncode == 0, eager.stderr[-3000:]
