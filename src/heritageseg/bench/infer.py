@@ -30,7 +30,7 @@ from heritageseg.infer.backends import (
     calibration_images,
     check_backend,
 )
-from heritageseg.nn.checkpoint import load_trained
+from heritageseg.nn.checkpoint import load_trained, read_model_config
 from heritageseg.nn.metrics import confusion, scores
 from heritageseg.nn.models import build_model
 
@@ -58,9 +58,11 @@ def bench_model(params: Params, arch: str, size: int, models: Path) -> BenchMode
     """
     cfg = params.train.model(arch)
     encoder = cfg.encoder if size == cfg.image_size else REFERENCE_ENCODERS[arch]
-    if (models / arch / CONFIG).is_file():
-        trained = load_trained(models / arch)
-        if trained.model.encoder == encoder and _size_fits(trained.model, size):
+    config_file = models / arch / CONFIG
+    if config_file.is_file():  # load the weights only when they are the ones benchmarked
+        saved = read_model_config(config_file)
+        if saved.encoder == encoder and _size_fits(saved, size):
+            trained = load_trained(models / arch)
             return BenchModel(trained.network, encoder, True, trained.mean, trained.std)
     torch.manual_seed(params.train.seed)
     model_cfg = ModelConfig(

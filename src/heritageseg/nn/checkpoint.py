@@ -59,6 +59,12 @@ def load_trained(folder: Path) -> Trained:
     return load_checkpoint(folder / CONFIG, folder / WEIGHTS)
 
 
+def read_model_config(config_file: Path) -> ModelConfig:
+    """The typed `model` section of a config.json, without building anything."""
+    config = json.loads(Path(config_file).read_text())
+    return from_mapping(ModelConfig, config["model"], where=f"{config_file}: model")
+
+
 def load_checkpoint(config_file: Path, weights_file: Path) -> Trained:
     """Rebuild the network from config.json and fill it from the safetensors file.
 
@@ -70,7 +76,7 @@ def load_checkpoint(config_file: Path, weights_file: Path) -> Trained:
         if not path.is_file():
             raise HeritagesegError(f"{path} not found: train the model first (heritageseg train)")
     config = json.loads(config_file.read_text())
-    model = from_mapping(ModelConfig, config["model"], where=f"{config_file}: model")
+    model = read_model_config(config_file)
     network = build_model(dataclasses.replace(model, encoder_weights=None))
     network.load_state_dict(load_file(str(weights_file)))
     norm = config["normalization"]

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from heritageseg.core.paths import CONFIG, RESOLUTION_FILES, TRAIN_METRICS
+from heritageseg.nn.checkpoint import read_model_config
 from heritageseg.nn.models import family
 
 
@@ -13,7 +14,7 @@ def read_training(model_dir: Path) -> dict | None:
     """train_metrics.json with the encoder and its family added; None before training."""
     if not (model_dir / TRAIN_METRICS).is_file():
         return None
-    encoder = json.loads((model_dir / CONFIG).read_text())["model"]["encoder"]
+    encoder = read_model_config(model_dir / CONFIG).encoder
     training = json.loads((model_dir / TRAIN_METRICS).read_text())
     return {**training, "encoder": encoder, "family": family(encoder)}
 
