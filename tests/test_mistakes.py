@@ -1,0 +1,166 @@
+"""Every mistake a new user makes gets a clear message: one table, one row per mistake.
+
+Each row breaks a copy of a small project (a params value, a file, a flag), runs one
+command in it as the CLI does, and checks that the command fails with a message that names
+the key or the file, with no traceback, and that no output the command was not asked to
+rewrite was lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from heritageseg.cli import main
+
+Breaker = Callable[[Path], None]
+
+
+@dataclass(frozen=True)
+class Mistake:
+    """One mistake: how to break the project, what to run, what the message must name."""
+
+    name: str
+    argv: tuple[str, ...]
+    names: tuple[str, ...]  # substrings the message must contain
+    breaks: Breaker = lambda root: None
+    project: str = "tiny"  # "tiny": data stages done; "trained": + models/segformer
+
+
+# ------------------------------------------------------------------ breakers
+
+
+def set_param(key: str, value) -> Breaker:
+    """Set `train.convnext.batch_size`-style `key` in the project's params.yaml."""
+
+    def breaks(root: Path) -> None:
+        path = root / "params.yaml"
+        params = yaml.safe_load(path.read_text())
+        *sections, last = key.split(".")
+        node = params
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[last] = value
+        path.write_text(yaml.safe_dump(params))
+
+    return breaks
+
+
+def truncate(relative: str, keep: float = 0.5) -> Breaker:
+    def breaks(root: Path) -> None:
+        path = root / relative
+        data = path.read_bytes()
+        path.write_bytes(data[: int(len(data) * keep)])
+
+    return breaks
+
+
+def garbage(relative: str, size: int = 512) -> Breaker:
+    def breaks(root: Path) -> None:
+        (root / relative).write_bytes(os.urandom(size))
+
+    return breaks
+
+
+def empty(relative: str) -> Breaker:
+    def breaks(root: Path) -> None:
+        (root / relative).write_bytes(b"")
+
+    return breaks
+
+
+def remove(relative: str) -> Breaker:
+    def breaks(root: Path) -> None:
+        path = root / relative
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+    return breaks
+
+
+# ------------------------------------------------------------------ the table
+# Sections by kind of mistake; each adds its rows to MISTAKES.
+
+MISTAKES: list[Mistake] = []
+
+# --- params: values out of range, missing files (heritageseg.core.config)
+
+MISTAKES += [
+    Mistake(
+        "params file missing",
+        ("--params", "param.yaml", "ingest"),
+        ("param.yaml", "not found"),
+    ),
+]
+
+# --- broken files: one reader per kind of file
+
+MISTAKES += []
+
+# --- untrusted inputs, registry and outputs
+
+MISTAKES += []
+
+
+# ------------------------------------------------------------------ running a row
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file under root with its size and modification time."""
+    return {
+        str(path.relative_to(root)): (path.stat().st_size, path.stat().st_mtime_ns)
+        for path in root.rglob("*")
+        if path.is_file() and "mlruns" not in path.parts
+    }
+
+
+def run_cli(root: Path, argv: tuple[str, ...]) -> tuple[int, str]:
+    """Run the CLI in-process in `root` as a user would; an exception escaping it is a
+    traceback the user would have seen."""
+    out = io.StringIO()
+    with contextlib.chdir(root), contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        try:
+            code = main(list(argv))
+        except SystemExit as exit_:  # argparse
+            code = exit_.code
+        except Exception:  # the traceback is the failure being looked for
+            traceback.print_exc(file=out)
+            code = "traceback"
+    return code, out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def trained_project(tiny_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny project with a segformer trained for one epoch (tracking off)."""
+    root = Path(shutil.copytree(tiny_project, tmp_path_factory.mktemp("trained") / "p"))
+    set_param("train.epochs", 1)(root)
+    set_param("tracking.enabled", False)(root)
+    code, output = run_cli(root, ("train", "--arch", "segformer"))
+    assert code == 0, output
+    return root
+
+
+@pytest.mark.parametrize("mistake", MISTAKES, ids=[m.name for m in MISTAKES])
+def test_a_mistake_is_a_clear_message(mistake: Mistake, request, tmp_path: Path):
+    source = request.getfixturevalue(
+        "trained_project" if mistake.project == "trained" else "tiny_project"
+    )
+    root = Path(shutil.copytree(source, tmp_path / "p", symlinks=True))
+    mistake.breaks(root)
+    before = snapshot(root)
+    code, output = run_cli(root, mistake.argv)
+    assert code not in (0, None, "traceback"), output
+    assert "Traceback" not in output, output
+    for name in mistake.names:
+        assert name in output, f"{name!r} not named in:\n{output}"
+    after = snapshot(root)
+    lost = {path for path in before if path not in after or after[path] != before[path]}
+    assert not lost, f"{mistake.name}: changed or lost {sorted(lost)}"
