@@ -218,7 +218,7 @@ def test_cli_reports_bad_params_by_key(tmp_path, capsys):
     params = tmp_path / "params.yaml"
     params.write_text("ingest:\n  nn: 3\n")
     assert main(["--params", str(params), "ingest", "--out", str(tmp_path / "raw")]) == 2
-    assert "unknown key(s) nn" in capsys.readouterr().err
+    assert "unknown key(s) ingest.nn" in capsys.readouterr().err
 
 
 def test_console_script_runs_a_stage(tmp_path):

@@ -22,6 +22,8 @@ import yaml
 
 from heritageseg.cli import main
 
+from .conftest import TINY_SIZE
+
 Breaker = Callable[[Path], None]
 
 
@@ -95,10 +97,81 @@ MISTAKES: list[Mistake] = []
 
 MISTAKES += [
     Mistake(
-        "params file missing",
-        ("--params", "param.yaml", "ingest"),
-        ("param.yaml", "not found"),
+        "params file missing", ("--params", "param.yaml", "ingest"), ("param.yaml", "not found")
     ),
+    Mistake("params file is a folder", ("--params", "data", "split"), ("data", "cannot read")),
+    Mistake(
+        "params file not YAML",
+        ("ingest",),
+        ("params.yaml", "not valid YAML"),
+        breaks=lambda root: (root / "params.yaml").write_text("ingest: {n: [\n"),
+    ),
+    Mistake(
+        "a section that is not a mapping",
+        ("split",),
+        ("params.yaml", "train: expected a mapping"),
+        breaks=lambda root: (root / "params.yaml").write_text("train: 3\n"),
+    ),
+    Mistake(
+        "a misspelt section",
+        ("report",),
+        ("unknown key(s) trian",),
+        breaks=lambda root: (root / "params.yaml").write_text("trian: {epochs: 2}\n"),
+    ),
+    Mistake("unknown profile", ("profile", "papr"), ("papr", "laptop", "paper-native")),
+    Mistake(
+        "slurm profile file missing",
+        ("train", "--arch", "segformer", "--executor", "slurm", "--profile", "slurm/none.yaml"),
+        ("slurm/none.yaml",),
+    ),
+]
+
+
+def _out_of_range(key: str, value, argv: tuple[str, ...], *names: str) -> Mistake:
+    return Mistake(f"{key}: {value!r}", argv, (f"{key}={value!r}", *names), set_param(key, value))
+
+
+TRAIN, EVALUATE = ("train", "--arch", "convnext"), ("evaluate", "--arch", "segformer")
+MISTAKES += [
+    _out_of_range("train.base_batch_size", 0, TRAIN, ">= 1"),
+    _out_of_range("train.accumulate", 0, TRAIN, ">= 1"),
+    _out_of_range("train.epochs", 0, TRAIN, ">= 1"),
+    _out_of_range("train.epochs", -3, TRAIN),
+    _out_of_range("train.base_lr", -0.002, TRAIN, "> 0"),
+    _out_of_range("train.weight_decay", -0.1, TRAIN),
+    _out_of_range("train.clip_grad_norm", 0.0, TRAIN),
+    _out_of_range("train.convnext.batch_size", -4, TRAIN, ">= 1"),
+    _out_of_range("train.segformer.image_size", 100, TRAIN, "multiple of 32"),
+    _out_of_range("train.maxvit.lr", 0.0, TRAIN),
+    _out_of_range("train.scheduler", "cosine", TRAIN, "onecycle"),
+    _out_of_range("train.loss.focal_gamma", -1.0, TRAIN),
+    _out_of_range("train.num_workers", -1, TRAIN),
+    _out_of_range("augment.hflip", 1.5, TRAIN, "<= 1.0"),
+    _out_of_range("augment.blur_limit", 1, TRAIN, ">= 3"),
+    _out_of_range("evaluate.batch_size", 0, EVALUATE, ">= 1"),
+    _out_of_range("evaluate.bootstrap", 0, EVALUATE, ">= 1"),
+    _out_of_range("evaluate.tile_overlap", TINY_SIZE, EVALUATE, "< the smallest"),
+    _out_of_range("evaluate.backend", "tensorrt", EVALUATE, "onnx"),
+    _out_of_range("ingest.background_fraction", 2.0, ("ingest",)),
+    _out_of_range("ingest.n", 0, ("ingest",)),
+    _out_of_range("ingest.seed", -1, ("ingest",)),
+    _out_of_range("prepare.tile_overlap", 400, ("prepare",), "< tile_size"),
+    _out_of_range("prepare.size", 4, ("prepare",), ">= 8"),
+    _out_of_range("weights.max_ratio", 0.5, ("weights",), ">= 1.0"),
+    _out_of_range("split.test", -0.1, ("split",), ">= 0.0"),
+    Mistake(
+        "split fractions sum to 1.2",
+        ("split",),
+        ("split.train/val/test=(0.7, 0.15, 0.35)", "sum to 1"),
+        set_param("split.test", 0.35),
+    ),
+    Mistake(
+        "all loss terms zero",
+        TRAIN,
+        ("train.loss.dice/ce/focal", "at least one"),
+        lambda root: [set_param(f"train.loss.{k}", 0.0)(root) for k in ("dice", "ce")],
+    ),
+    Mistake("--n 0", ("ingest", "--n", "0"), ("--n=0", ">= 1")),
 ]
 
 # --- broken files: one reader per kind of file

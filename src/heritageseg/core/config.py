@@ -1,88 +1,158 @@
 """Typed, frozen configuration read from params.yaml: one dataclass per stage section.
 
-Unknown keys and values of the wrong type are errors that name the key, so a typo in
-params.yaml never silently falls back to a default.
+Unknown keys, values of the wrong type and values outside the range declared beside each
+field (`Annotated[int, Ge(1)]`, the annotated-types vocabulary pydantic also reads) are
+errors that name the full key, so a typo in params.yaml never silently falls back to a
+default and a zero batch size never reaches torch.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
+from annotated_types import Ge, Gt, Le, MultipleOf
 
 from heritageseg.core.errors import ConfigError
 
 SourceKind = Literal["synthetic", "parquet", "folder", "hf"]
 OnError = Literal["fail", "skip"]
 
+Count = Annotated[int, Ge(1)]
+Workers = Annotated[int, Ge(0)]  # 0: one per core, or in this process
+Seed = Annotated[int, Ge(0)]  # numpy refuses negative seeds
+Probability = Annotated[float, Ge(0.0), Le(1.0)]
+NonNegative = Annotated[float, Ge(0.0)]
+Positive = Annotated[float, Gt(0.0)]
+
+
+class FieldError(ConfigError):
+    """A value its field does not allow; the loader adds the section and the file."""
+
+    def __init__(self, key: str, value: Any, need: str):
+        self.key, self.value, self.need = key, value, need
+        super().__init__(f"{key}={value!r}: {need}")
+
+    def at(self, where: str, prefix: str) -> ConfigError:
+        return ConfigError(f"{where}: {prefix}{self.key}={self.value!r}: {self.need}")
+
+
+def check_fields(config: Any) -> None:
+    """Check every field of a config dataclass against the bounds declared in its hint."""
+    for name, hint in _hints(type(config)).items():
+        _check_value(hint, getattr(config, name), name)
+
+
+def _check_value(hint: Any, value: Any, key: str) -> None:
+    if value is None:
+        return  # None is only ever valid where the type allows it, which _coerce checks
+    hint = without_none(hint)
+    if typing.get_origin(hint) is tuple and isinstance(value, tuple):
+        kinds = typing.get_args(hint)
+        kinds = (kinds[0],) * len(value) if kinds[-1] is Ellipsis else kinds
+        for index, (kind, item) in enumerate(zip(kinds, value, strict=False)):
+            _check_value(kind, item, f"{key}[{index}]")
+    for bound in bounds(hint):
+        if not _within(bound, value):
+            raise FieldError(key, value, f"need {_describe(bound)}")
+
+
+def bounds(hint: Any) -> tuple:
+    """The annotated-types bounds declared on a field's type (Ge, Gt, Le, MultipleOf)."""
+    hint = without_none(hint)
+    if typing.get_origin(hint) is Annotated:
+        return tuple(m for m in hint.__metadata__ if isinstance(m, Ge | Gt | Le | MultipleOf))
+    return ()
+
+
+def without_none(hint: Any) -> Any:
+    """X for `X | None`, else the hint itself."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
+    return hint
+
+
+def _within(bound: Any, value: Any) -> bool:
+    if isinstance(bound, Ge):
+        return value >= bound.ge  # written so that NaN is outside every bound
+    if isinstance(bound, Gt):
+        return value > bound.gt
+    if isinstance(bound, Le):
+        return value <= bound.le
+    return value % bound.multiple_of == 0
+
+
+def _describe(bound: Any) -> str:
+    if isinstance(bound, Ge):
+        return f">= {bound.ge}"
+    if isinstance(bound, Gt):
+        return f"> {bound.gt}"
+    if isinstance(bound, Le):
+        return f"<= {bound.le}"
+    return f"a multiple of {bound.multiple_of}"
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls, include_extras=True)
+
 
 @dataclass(frozen=True)
 class IngestConfig:
     source: SourceKind = "synthetic"
     path: str | None = None  # parquet shards / PNG folder; download folder for hf
-    n: int = 300  # synthetic: number of records
-    seed: int = 0
-    min_size: int = 128  # synthetic: each side drawn in [min_size, max_size]
-    max_size: int = 192
-    background_fraction: float = 0.3  # synthetic: share of images with a 255 border
-    rows_per_shard: int = 100
+    n: Count = 300  # synthetic: number of records
+    seed: Seed = 0
+    min_size: Count = 128  # synthetic: each side drawn in [min_size, max_size]
+    max_size: Count = 192
+    background_fraction: Probability = 0.3  # synthetic: share of images with a 255 border
+    rows_per_shard: Count = 100
     on_error: OnError = "fail"
     hf_repo: str = "danielaivanova/damaged-media"
     hf_revision: str | None = None
-    workers: int = 0  # synthetic generation processes; 0 = one per core
+    workers: Workers = 0  # synthetic generation processes; 0 = one per core
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.source in ("parquet", "folder") and not self.path:
-            raise ConfigError(f"ingest.source={self.source} needs ingest.path (or --path DIR)")
-        if not 0 < self.min_size <= self.max_size:
-            raise ConfigError(
-                f"ingest.min_size={self.min_size} and ingest.max_size={self.max_size}: "
-                "need 0 < min_size <= max_size"
-            )
-        if self.n < 1:
-            raise ConfigError(f"ingest.n={self.n}: need at least 1 record")
-        if not 0.0 <= self.background_fraction <= 1.0:
-            raise ConfigError(
-                f"ingest.background_fraction={self.background_fraction}: need a value in [0, 1]"
-            )
-        if self.rows_per_shard < 1:
-            raise ConfigError(f"ingest.rows_per_shard={self.rows_per_shard}: need at least 1")
+            raise FieldError("path", self.path, f"source {self.source} needs a path (or --path)")
+        if self.min_size > self.max_size:
+            raise FieldError("min_size", self.min_size, f"need <= max_size ({self.max_size})")
 
 
 @dataclass(frozen=True)
 class SplitConfig:
-    train: float = 0.70
-    val: float = 0.15
-    test: float = 0.15
-    seed: int = 0
+    train: Probability = 0.70
+    val: Probability = 0.15
+    test: Probability = 0.15
+    seed: Seed = 0
 
     def __post_init__(self) -> None:
+        check_fields(self)
         ratios = (self.train, self.val, self.test)
-        if min(ratios) < 0 or abs(sum(ratios) - 1.0) > 1e-6:
-            raise ConfigError(
-                f"split.train/val/test = {ratios}: need non-negative ratios that sum to 1"
-            )
+        if abs(sum(ratios) - 1.0) > 1e-6:
+            raise FieldError("train/val/test", ratios, "need fractions that sum to 1")
 
 
 @dataclass(frozen=True)
 class PrepareConfig:
     mode: Literal["resize", "tile"] = "resize"
-    size: int = 96  # resize: side of the square cached image (aspect kept, padded with 255)
-    tile_size: int = 384  # tile: side of the native-resolution tiles
-    tile_overlap: int = 64
-    workers: int = 0  # decoding processes; 0 = one per core
+    size: Annotated[int, Ge(8)] = 96  # resize: side of the cached square (aspect kept, 255 pad)
+    tile_size: Annotated[int, Ge(8)] = 384  # tile: side of the native-resolution tiles
+    tile_overlap: Annotated[int, Ge(0)] = 64
+    workers: Workers = 0  # decoding processes; 0 = one per core
 
     def __post_init__(self) -> None:
-        if self.size < 8 or self.tile_size < 8:
-            raise ConfigError(f"prepare.size={self.size}, tile_size={self.tile_size}: need >= 8")
-        if not 0 <= self.tile_overlap < self.tile_size:
-            raise ConfigError(
-                f"prepare.tile_overlap={self.tile_overlap}: need 0 <= overlap < tile_size"
+        check_fields(self)
+        if self.tile_overlap >= self.tile_size:
+            raise FieldError(
+                "tile_overlap", self.tile_overlap, f"need < tile_size ({self.tile_size})"
             )
 
 
@@ -92,28 +162,30 @@ WeightMethod = Literal["inverse_sqrt_log_scaled", "inverse", "inverse_sqrt", "no
 @dataclass(frozen=True)
 class WeightsConfig:
     method: WeightMethod = "inverse_sqrt_log_scaled"
-    max_ratio: float = 36.0  # cap on max/min weight; the reference's 734x collapsed
+    max_ratio: Annotated[float, Ge(1.0)] = 36.0  # cap on max/min weight; the reference's 734x
 
     def __post_init__(self) -> None:
-        if self.max_ratio < 1.0:
-            raise ConfigError(f"weights.max_ratio={self.max_ratio}: need >= 1")
+        check_fields(self)
 
 
 @dataclass(frozen=True)
 class AugmentConfig:
     """The reference's train augmentations (probabilities and strengths)."""
 
-    hflip: float = 0.5
-    vflip: float = 0.5
-    rotate_limit: int = 30
-    rotate: float = 0.5
-    color_jitter: float = 0.5
-    brightness: float = 0.2
-    contrast: float = 0.2
-    saturation: float = 0.2
-    hue: float = 0.05
-    blur: float = 0.2
-    blur_limit: int = 3
+    hflip: Probability = 0.5
+    vflip: Probability = 0.5
+    rotate_limit: Annotated[int, Ge(0), Le(180)] = 30  # degrees either way
+    rotate: Probability = 0.5
+    color_jitter: Probability = 0.5
+    brightness: NonNegative = 0.2
+    contrast: NonNegative = 0.2
+    saturation: NonNegative = 0.2
+    hue: Annotated[float, Ge(0.0), Le(0.5)] = 0.05
+    blur: Probability = 0.2
+    blur_limit: Annotated[int, Ge(3)] = 3  # albumentations' smallest kernel
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 @dataclass(frozen=True)
@@ -123,17 +195,14 @@ class ModelConfig:
     encoder: str = "mit_b0"
     decoder: Literal["unet", "upernet", "segformer"] = "unet"
     encoder_weights: Literal["imagenet"] | None = None
-    decoder_channels: tuple[int, ...] | None = None  # None: smp's default widths
+    decoder_channels: tuple[Count, ...] | None = None  # None: smp's default widths
     head: Literal["fine", "hierarchical"] = "fine"
-    image_size: int = 96
-    batch_size: int = 8
-    lr: float | None = None  # None: base_lr * batch_size / base_batch_size
+    image_size: Annotated[int, Ge(32), MultipleOf(32)] = 96  # encoders downsample 32x
+    batch_size: Count = 8
+    lr: Positive | None = None  # None: base_lr * batch_size / base_batch_size
 
     def __post_init__(self) -> None:
-        if self.image_size % 32:
-            raise ConfigError(f"image_size={self.image_size}: need a multiple of 32")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size={self.batch_size}: need at least 1")
+        check_fields(self)
         if self.decoder_channels is not None:
             _check_decoder_channels(self.decoder, tuple(self.decoder_channels))
 
@@ -145,19 +214,26 @@ DECODER_STAGES = {"unet": 5, "upernet": 1, "segformer": 1}
 def _check_decoder_channels(decoder: str, channels: tuple) -> None:
     stages = DECODER_STAGES.get(decoder, 1)
     if len(channels) != stages or not all(isinstance(c, int) and c > 0 for c in channels):
-        raise ConfigError(
-            f"decoder_channels={list(channels)}: {decoder} takes {stages} positive "
-            f"width(s), e.g. {[256, 128, 64, 32, 16][:stages]}; or null for the default"
+        raise FieldError(
+            "decoder_channels",
+            list(channels),
+            f"{decoder} takes {stages} positive width(s), "
+            f"e.g. {[256, 128, 64, 32, 16][:stages]}; or null for the default",
         )
 
 
 @dataclass(frozen=True)
 class LossConfig:
-    dice: float = 1.0  # multiclass Dice with class weights, ignore 255 (the reference)
-    ce: float = 1.0  # + weighted cross-entropy: learns faster from random weights
-    focal: float = 0.0  # + focal loss
-    focal_gamma: float = 2.0
-    head_weights: tuple[float, float, float] = (0.2, 0.3, 0.5)  # binary, coarse, fine
+    dice: NonNegative = 1.0  # multiclass Dice with class weights, ignore 255 (the reference)
+    ce: NonNegative = 1.0  # + weighted cross-entropy: learns faster from random weights
+    focal: NonNegative = 0.0  # + focal loss
+    focal_gamma: NonNegative = 2.0
+    head_weights: tuple[NonNegative, NonNegative, NonNegative] = (0.2, 0.3, 0.5)  # bin/coarse/fine
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if not (self.dice or self.ce or self.focal):
+            raise FieldError("dice/ce/focal", (0, 0, 0), "need at least one loss term > 0")
 
 
 def _laptop_model(encoder: str) -> ModelConfig:
@@ -167,22 +243,25 @@ def _laptop_model(encoder: str) -> ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 8
-    patience: int = 4  # early stopping on validation mIoU
-    base_lr: float = 2e-3
-    base_batch_size: int = 8  # lr scales in proportion (the reference: 1e-3 at batch 96)
-    weight_decay: float = 0.01
+    epochs: Count = 8
+    patience: Count = 4  # early stopping on validation mIoU
+    base_lr: Positive = 2e-3
+    base_batch_size: Count = 8  # lr scales in proportion (the reference: 1e-3 at batch 96)
+    weight_decay: NonNegative = 0.01
     scheduler: Literal["onecycle", "plateau", "none"] = "onecycle"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: fp16 CUDA, bf16 CPU
-    accumulate: int = 1
-    clip_grad_norm: float | None = 1.0
+    accumulate: Count = 1
+    clip_grad_norm: Positive | None = 1.0
     channels_last: bool = True
-    num_workers: int = 0
-    seed: int = 0
+    num_workers: Workers = 0
+    seed: Seed = 0
     loss: LossConfig = field(default_factory=LossConfig)
     convnext: ModelConfig = field(default_factory=lambda: _laptop_model("tu-convnext_atto"))
     segformer: ModelConfig = field(default_factory=lambda: _laptop_model("mit_b0"))
     maxvit: ModelConfig = field(default_factory=lambda: _laptop_model("tu-maxvit_pico_rw_256"))
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
     def model(self, arch: str) -> ModelConfig:
         if arch not in ARCHS:
@@ -212,13 +291,16 @@ Backend = Literal[
 class EvaluateConfig:
     split: Literal["test", "val"] = "test"
     resolution: Literal["prepared", "native", "both"] = "both"  # both: + metrics_native.json
-    batch_size: int = 8
-    tile_overlap: int = 32  # native: sliding-window overlap; the tile is the arch's image_size
-    bootstrap: int = 1000  # resamples of test images for miou_ci95
-    seed: int = 0
+    batch_size: Count = 8
+    tile_overlap: Annotated[int, Ge(0)] = 32  # native: window overlap; tile = arch's image_size
+    bootstrap: Count = 1000  # resamples of test images for miou_ci95
+    seed: Seed = 0
     backend: Backend | None = (
         None  # None: PyTorch at train.precision; else heritageseg.infer.backends
     )
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 @dataclass(frozen=True)
@@ -251,6 +333,16 @@ class Params:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
 
+    def __post_init__(self) -> None:
+        tile = min(self.train.model(arch).image_size for arch in ARCHS)
+        native = self.evaluate.resolution != "prepared"
+        if native and self.evaluate.tile_overlap >= tile:
+            raise FieldError(
+                "evaluate.tile_overlap",
+                self.evaluate.tile_overlap,
+                f"need < the smallest train.ARCH.image_size ({tile}), the window's side",
+            )
+
 
 def load_params(path: str | Path) -> Params:
     """Read a params file; keys it leaves out keep the defaults (equal to the laptop
@@ -269,27 +361,33 @@ def load_params(path: str | Path) -> Params:
     return from_mapping(Params, data, where=str(path))
 
 
-def from_mapping(cls: type, data: Any, where: str, base: Any = None) -> Any:
-    """Build dataclass `cls` from a mapping, checking every key and value type. Keys left
-    out keep their value in `base` (default: `cls()`), so a section may name only what
-    it changes."""
+def from_mapping(cls: type, data: Any, where: str, base: Any = None, prefix: str = "") -> Any:
+    """Build dataclass `cls` from a mapping, checking every key, value type and bound.
+    Keys left out keep their value in `base` (default: `cls()`), so a section may name only
+    what it changes. Errors read `WHERE: prefix.key=value: what is allowed`."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+        section = f"{prefix.rstrip('.')}: " if prefix else ""
+        raise ConfigError(f"{where}: {section}expected a mapping, got {type(data).__name__}")
     base = cls() if base is None else base
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
+    fields = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(fields), key=str)
     if unknown:
         raise ConfigError(
-            f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(fields)}"
+            f"{where}: unknown key(s) {', '.join(prefix + str(k) for k in unknown)}; "
+            f"valid keys: {', '.join(fields)}"
         )
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     values = {}
     for name, value in data.items():
         if dataclasses.is_dataclass(hints[name]):
-            values[name] = from_mapping(hints[name], value, f"{where}: {name}", getattr(base, name))
+            section = getattr(base, name)
+            values[name] = from_mapping(hints[name], value, where, section, f"{prefix}{name}.")
         else:
-            values[name] = _coerce(hints[name], value, f"{where}: {name}")
-    return dataclasses.replace(base, **values)
+            values[name] = _coerce(hints[name], value, f"{where}: {prefix}{name}")
+    try:
+        return dataclasses.replace(base, **values)
+    except FieldError as error:
+        raise error.at(where, prefix) from None
 
 
 def flatten_keys(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -308,13 +406,20 @@ def flatten_keys(data: Any, prefix: str = "") -> dict[str, Any]:
 def with_overrides(config: Any, **overrides: Any) -> Any:
     """Replace the fields given (None means 'not given'), re-running validation."""
     given = {k: v for k, v in overrides.items() if v is not None}
-    hints = typing.get_type_hints(type(config))
+    hints = _hints(type(config))
     checked = {k: _coerce(hints[k], v, f"--{k.replace('_', '-')}") for k, v in given.items()}
-    return dataclasses.replace(config, **checked)
+    try:
+        return dataclasses.replace(config, **checked)
+    except FieldError as error:
+        flag = error.key.replace("_", "-")
+        raise ConfigError(f"--{flag}={error.value!r}: {error.need}") from None
 
 
 def _coerce(hint: Any, value: Any, where: str) -> Any:
+    """Check the type of one value (bounds are the dataclass's own check)."""
     origin = typing.get_origin(hint)
+    if origin is Annotated:
+        return _coerce(typing.get_args(hint)[0], value, where)
     if origin is Literal:
         allowed = typing.get_args(hint)
         if value not in allowed:
@@ -339,6 +444,8 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
             for i, (k, v) in enumerate(zip(kinds, value, strict=True))
         )
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        if abs(value) > 2**53:
+            raise ConfigError(f"{where}={value!r}: expected a float this side of 2**53")
         return float(value)
     if hint in (int, str, bool, float) and (
         not isinstance(value, hint) or (hint is int and isinstance(value, bool))

@@ -169,8 +169,7 @@ def build_loss(
     is (B, H, W) int64 with 255 ignored. `class_weights` (one per fine class) weight Dice, CE
     and focal of the fine head; the binary and coarse heads are unweighted.
     """
-    _check(cfg)
-    if head == "fine":
+    if head == "fine":  # cfg's weights are checked where LossConfig declares them
         return _combined(cfg, class_weights)
     if head == "hierarchical":
         heads = {
@@ -190,16 +189,6 @@ def _combined(cfg: LossConfig, weight: torch.Tensor | None) -> CombinedLoss:
         (cfg.focal, FocalLoss(cfg.focal_gamma, weight)),
     ]
     return CombinedLoss([(w, term) for w, term in terms if w != 0])
-
-
-def _check(cfg: LossConfig) -> None:
-    weights = {"dice": cfg.dice, "ce": cfg.ce, "focal": cfg.focal}
-    if min(weights.values()) < 0 or not any(weights.values()):
-        raise ConfigError(f"loss weights {weights}: need values >= 0, at least one > 0")
-    if cfg.focal_gamma < 0:
-        raise ConfigError(f"loss.focal_gamma={cfg.focal_gamma}: need >= 0")
-    if min(cfg.head_weights) < 0:
-        raise ConfigError(f"loss.head_weights={cfg.head_weights}: need values >= 0")
 
 
 def _as_weight(weight: torch.Tensor | None) -> torch.Tensor | None:

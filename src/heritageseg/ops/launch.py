@@ -17,11 +17,19 @@ import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
+from annotated_types import Ge
 
-from heritageseg.core.config import LaunchConfig, from_mapping
+from heritageseg.core.config import (
+    Count,
+    FieldError,
+    LaunchConfig,
+    Positive,
+    check_fields,
+    from_mapping,
+)
 from heritageseg.core.errors import ConfigError, HeritagesegError
 
 EXECUTORS = typing.get_args(typing.get_type_hints(LaunchConfig)["executor"])  # local, debug, slurm
@@ -36,30 +44,27 @@ class SlurmProfile:
     """One cluster's sbatch settings, read from a YAML file such as slurm/v100.yaml."""
 
     partition: str | None = None
-    nodes: int = 1
-    tasks_per_node: int = 1  # > 1: one DDP process per task (torch.distributed)
-    gpus_per_node: int = 0  # requested as GRES; Slurm then sets CUDA_VISIBLE_DEVICES
-    cpus_per_task: int = 2
-    mem_gb: float | None = None
-    time_min: int = 60
+    nodes: Count = 1
+    tasks_per_node: Count = 1  # > 1: one DDP process per task (torch.distributed)
+    gpus_per_node: Annotated[int, Ge(0)] = 0  # requested as GRES; Slurm sets CUDA_VISIBLE_DEVICES
+    cpus_per_task: Count = 2
+    mem_gb: Positive | None = None
+    time_min: Count = 60
     account: str | None = None
     qos: str | None = None
     constraint: str | None = None
-    array_parallelism: int = 3  # --arch all: how many array tasks run at once
-    signal_delay_s: int = 120  # USR2 this long before the time limit: save, requeue
-    max_requeues: int = 3  # time-outs after which a job is not requeued again
+    array_parallelism: Count = 3  # --arch all: how many array tasks run at once
+    signal_delay_s: Count = 120  # USR2 this long before the time limit: save, requeue
+    max_requeues: Annotated[int, Ge(0)] = 3  # time-outs after which a job is not requeued again
     folder: str = "slurm/logs"  # submitit files and job logs, one folder per submission
 
     def __post_init__(self) -> None:
-        for name in ("nodes", "tasks_per_node", "cpus_per_task", "time_min", "array_parallelism"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"slurm profile: {name}={getattr(self, name)}: need >= 1")
-        if self.gpus_per_node < 0 or self.max_requeues < 0:
-            raise ConfigError("slurm profile: gpus_per_node and max_requeues need >= 0")
-        if not 0 < self.signal_delay_s < self.time_min * 60:
-            raise ConfigError(
-                f"slurm profile: signal_delay_s={self.signal_delay_s} must lie between 0 and "
-                f"the time limit ({self.time_min * 60} s), or the job is signalled at once"
+        check_fields(self)
+        if self.signal_delay_s >= self.time_min * 60:
+            raise FieldError(
+                "signal_delay_s",
+                self.signal_delay_s,
+                f"need < the time limit ({self.time_min * 60} s), or the job is signalled at once",
             )
 
     def sbatch(self, job_name: str) -> dict[str, Any]:
