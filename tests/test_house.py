@@ -39,7 +39,7 @@ def test_the_dataclass_defaults_are_the_laptop_params_yaml(tmp_path: Path):
 
 
 PARAMS_COMMANDS = [
-    ["ingest"], ["split"], ["prepare"], ["weights"], ["train", "--arch", "convnext"],
+    ["validate"], ["ingest"], ["split"], ["prepare"], ["weights"], ["train", "--arch", "convnext"],
     ["evaluate", "--arch", "convnext"], ["loco", "--arch", "convnext"], ["report"],
     ["promote", "--arch", "segformer"], ["predict", "x.png", "--out", "out"], ["ui"],
     ["profile", "paper"], ["bench", "ingest"], ["bench", "data"],
@@ -99,7 +99,8 @@ def test_each_stage_command_passes_exactly_the_cli_default_paths(name: str):
 
 def _known_outputs() -> set[str]:
     """Every data path the pipeline may name in dvc.yaml, composed from core.paths."""
-    known = {str(p) for p in (paths.RAW, paths.SPLITS, paths.CACHE, paths.CLASS_WEIGHTS)}
+    first = (paths.PARAMS_CHECKED, paths.RAW, paths.SPLITS, paths.CACHE, paths.CLASS_WEIGHTS)
+    known = {str(p) for p in first}
     for arch in ARCHS:
         model, metrics = paths.MODELS / arch, paths.METRICS / arch
         known |= {str(model), str(metrics)}
@@ -125,6 +126,22 @@ def test_every_data_path_in_dvc_yaml_comes_from_core_paths_and_every_code_dep_ex
                     assert path in known, f"{name}: {kind} {path} is not named in core.paths"
     train = _stages()["train@convnext"]
     assert str(paths.RAW) in train["deps"], "train reads data/raw/manifest.json"
+
+
+def test_every_stage_runs_after_validate_so_a_params_mistake_costs_no_output():
+    stages = _stages()
+    producer = {out: name for name, st in stages.items() for out in _declared(st.get("outs", []))}
+
+    def upstream(name: str) -> set[str]:
+        found = set()
+        for dep in _declared(stages[name].get("deps", [])):
+            owner = next((producer[out] for out in producer if dep.startswith(out)), None)
+            if owner is not None:
+                found |= {owner} | upstream(owner)
+        return found
+
+    assert stages["validate"]["params"] == [{str(paths.PARAMS): None}]  # every key
+    assert all("validate" in upstream(name) for name in stages if name != "validate")
 
 
 # ------------------------------------------------------------------ layering

@@ -186,3 +186,32 @@ def test_an_experiment_lands_in_mlflow(project: Path) -> None:
     assert str(other) in sizes and str(size) in sizes
     shown = _run([str(BIN / "dvc"), "exp", "show", "--json"], project).stdout
     assert re.search(rf'"image_size":\s*{other}', shown), f"no image_size {other} in exp show"
+
+
+@pytest.mark.slow
+def test_a_params_mistake_stops_dvc_repro_before_any_output_is_removed(project: Path) -> None:
+    """The validate stage runs first: a bad value (or no params file) stops `dvc repro`
+    with the key named, and every stage's outputs are still there."""
+    params = project / "params.yaml"
+    good = params.read_text()
+    outputs = [project / "data" / name for name in ("raw", "splits", "cache")]
+    bad = yaml.safe_load(good)
+    bad["split"]["test"] = 0.35  # fractions sum to 1.2
+    params.write_text(yaml.safe_dump(bad))
+    failed = _dvc_fails(project)
+    assert "split.train/val/test=(0.7, 0.15, 0.35)" in failed and "Traceback" not in failed
+    assert all(path.is_dir() and any(path.iterdir()) for path in outputs)
+    params.unlink()
+    failed = _dvc_fails(project)
+    assert "params.yaml" in failed
+    assert all(path.is_dir() and any(path.iterdir()) for path in outputs)
+    params.write_text(good)
+
+
+def _dvc_fails(project: Path) -> str:
+    done = subprocess.run(
+        [str(BIN / "dvc"), "repro"], cwd=project, capture_output=True, text=True, check=False,
+        env={**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"},
+    )  # fmt: skip
+    assert done.returncode != 0, done.stdout
+    return done.stdout + done.stderr

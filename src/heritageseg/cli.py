@@ -47,6 +47,12 @@ def _folder(parser: argparse.ArgumentParser, flag: str, default: Path, help: str
 
 
 def _add_data_commands(commands) -> None:
+    validate = commands.add_parser(
+        "validate", help="check the whole params file (the first DVC stage: before any output goes)"
+    )
+    _folder(validate, "--out", paths.PARAMS_CHECKED, "written when every key is valid")
+    validate.set_defaults(handler=_validate)
+
     ingest = commands.add_parser("ingest", help="read a source into validated ARTeFACT shards")
     ingest.add_argument("--source", choices=["synthetic", "parquet", "folder", "hf"])
     _folder(ingest, "--out", paths.RAW, "output folder")
@@ -404,6 +410,18 @@ def _track_evaluation(args: argparse.Namespace, params, arch: str, documents: di
     )  # fmt: skip
     where = f"; registered {tracking.model_name(arch)} v{version}" if version else ""
     print(f"logged to MLflow run {run_id} ({tracking.tracking_uri(params.tracking)}){where}")
+
+
+def _validate(args: argparse.Namespace) -> None:
+    from heritageseg.core.fileio import atomic_write_text
+    from heritageseg.ops.launch import load_profile
+
+    launch = load_params(args.params).launch
+    if launch.executor == "slurm":
+        load_profile(launch.profile)
+    # The same bytes whatever the values: stages after it rerun only for their own params.
+    atomic_write_text(args.out, f"{args.params}: valid\n")
+    print(f"{args.params}: every key valid")
 
 
 def _profile(args: argparse.Namespace) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 PARAMS = Path("params.yaml")
 
 # ------------------------------------------------------------ folders of the pipeline
+PARAMS_CHECKED = Path("data/params.ok")  # validate: the first stage, on which ingest depends
 RAW = Path("data/raw")  # ingest: parquet shards in the ARTeFACT schema
 SPLITS = Path("data/splits")  # split: split.csv and the leave-one-out folds
 CACHE = Path("data/cache")  # prepare: uint8 memmap arrays
