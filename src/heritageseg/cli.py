@@ -317,6 +317,7 @@ def _weights(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
+    from heritageseg.core.fileio import exclusive
     from heritageseg.ops.launch import TrainJob, print_epoch, run_jobs
 
     params = load_params(args.params)
@@ -325,6 +326,8 @@ def _train(args: argparse.Namespace) -> None:
     main_rank = int(os.environ.get("RANK", "0")) == 0
     archs = ARCHS if args.arch == "all" else (args.arch,)
     with contextlib.ExitStack() as runs:
+        for arch in archs if main_rank else ():  # one training per output folder at a time
+            runs.enter_context(exclusive(Path(args.out) / arch, "training"))
         trackers = [
             runs.enter_context(_training_run(params, args, arch, Path(args.out) / arch, main_rank))
             for arch in archs

@@ -3,8 +3,9 @@
 The only module that talks to MLflow. The stages run as separate processes (DVC, Slurm), so
 runs are tied together by tags, not by an open run: a benchmark id tags one parent run
 (found or created by tag search); `train` creates one child run per architecture and writes
-its id to `models/ARCH/mlflow.json` (inside the train stage's output), so `evaluate` logs
-into the same child run; `promote` and the report log to the parent.
+its id to `models/ARCH/mlflow.json` (inside the train stage's output) once the training
+succeeded, so `evaluate` logs into the same child run and a failed run's id is never left
+there; `promote` and the report log to the parent.
 
 Store: `MLFLOW_TRACKING_URI` > params `tracking.uri` > `sqlite:///mlruns/mlflow.db`, artifacts
 of a sqlite store in `artifacts/` beside the database. An unreachable server fails before
@@ -218,6 +219,7 @@ class RunTracker:
 
     run_id: str
     pending: list[tuple[str, float, int]] = field(default_factory=list)
+    run_file: dict = field(default_factory=dict)  # OUT/mlflow.json, written on success
 
     def on_epoch(self, row: dict) -> None:
         step = int(row["epoch"])
@@ -250,11 +252,9 @@ class RunTracker:
         return True
 
 
-def start_training(
-    params: Params, params_file: Path, arch: str, out: Path, raw: Path
-) -> RunTracker:
+def start_training(params: Params, params_file: Path, arch: str, raw: Path) -> RunTracker:
     """Connect (fail fast), find the benchmark's parent run, create this arch's child run
-    with params and tags, and write its id to OUT/mlflow.json for `evaluate`."""
+    with params and tags; the tracker holds what models/ARCH/mlflow.json will say."""
     from mlflow.tracking import MlflowClient
 
     experiment_id = connect(params.tracking)
@@ -275,23 +275,22 @@ def start_training(
     )
     run_id = run.info.run_id
     log_params(run_id, _stage_params(params, arch))
-    write_json(
-        out / RUN_FILE,
-        {"run_id": run_id, "parent_run_id": parent, "experiment_id": experiment_id,
-         "benchmark": benchmark, "tracking_uri": tracking_uri(params.tracking)},
-    )  # fmt: skip
-    return RunTracker(run_id)
+    return RunTracker(run_id, run_file={
+        "run_id": run_id, "parent_run_id": parent, "experiment_id": experiment_id,
+        "benchmark": benchmark, "tracking_uri": tracking_uri(params.tracking)})  # fmt: skip
 
 
 @contextlib.contextmanager
 def training_run(
     params: Params, params_file: Path, arch: str, out: Path, raw: Path
 ) -> Iterator[RunTracker]:
-    """start_training, then the block (the run marked FAILED if it raises), then
-    finish_training with OUT/train_metrics.json."""
-    tracker = start_training(params, params_file, arch, out, raw)
+    """start_training, then the block (the run marked FAILED if it raises, OUT/mlflow.json
+    left as it was), then OUT/mlflow.json for `evaluate` and finish_training with
+    OUT/train_metrics.json."""
+    tracker = start_training(params, params_file, arch, raw)
     with failing_run(tracker.run_id):
         yield tracker
+    write_json(out / RUN_FILE, tracker.run_file)
     finish_training(tracker, out, json.loads((out / TRAIN_METRICS).read_text()))
 
 
