@@ -224,10 +224,10 @@ def _promote(args: argparse.Namespace) -> None:
 
 
 def _predict(args: argparse.Namespace) -> None:
-    from heritageseg.ops import tracking
+    from heritageseg.ops import registry
     from heritageseg.stages.predict import summary_line, write_damage_maps
 
-    tracking.connect(load_params(args.params).tracking)
+    registry.check_registered(load_params(args.params).tracking, args.model)
     for report in write_damage_maps(args.images, args.model, args.out, args.backend):
         print(summary_line(report))
     print(f"label masks, overlays and damage reports in {args.out}")

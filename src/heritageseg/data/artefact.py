@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from heritageseg.core.classes import NUM_CLASSES
 from heritageseg.core.errors import DataError, RecordError
@@ -391,6 +391,10 @@ def _open_image(raw: RawRecord, column: str) -> Iterator[Image.Image]:
                 raw.origin,
                 f"{column} is larger than the {MAX_IMAGE_PIXELS:,} pixels this reader accepts "
                 f"(the largest ARTeFACT image has about 133 M): {exc}",
+            ) from exc
+        except UnidentifiedImageError as exc:
+            raise RecordError(
+                raw.id, raw.origin, f"{column} does not decode: not an image file PIL can read"
             ) from exc
         except (OSError, ValueError) as exc:
             raise RecordError(raw.id, raw.origin, f"{column} does not decode: {exc}") from exc

@@ -57,8 +57,10 @@ def tracking_uri(cfg: TrackingConfig) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or cfg.uri or DEFAULT_URI
 
 
-def connect(cfg: TrackingConfig) -> str:
-    """Point MLflow at the store, check it answers, and return the experiment id.
+def connect(cfg: TrackingConfig, create: bool = True) -> str:
+    """Point MLflow at the store, check it answers, and return the experiment id. A sqlite
+    store is created on first use, unless `create` is false (commands that only read the
+    registry: a missing store there means the wrong folder, not a new project).
 
     Short HTTP timeouts and few retries (unless set in the environment), so that a dead
     server is reported in seconds, before any training, instead of after minutes of retries.
@@ -68,13 +70,13 @@ def connect(cfg: TrackingConfig) -> str:
     import mlflow
 
     uri = tracking_uri(cfg)
-    _check_reachable(uri)
+    _check_reachable(uri, create)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return _experiment_id(uri, cfg.experiment)
 
 
-def _check_reachable(uri: str) -> None:
+def _check_reachable(uri: str, create: bool) -> None:
     if uri.startswith(("http://", "https://")):
         import requests
 
@@ -87,7 +89,14 @@ def _check_reachable(uri: str) -> None:
                 "params tracking.uri at a live one, or set tracking.enabled: false in params.yaml"
             ) from None
     elif uri.startswith("sqlite:///"):
-        _sqlite_path(uri).parent.mkdir(parents=True, exist_ok=True)
+        path = _sqlite_path(uri)
+        if not create and not path.is_file():
+            raise TrackingError(
+                f"MLflow store {uri} does not exist (no {path.absolute()}): run this from the "
+                "project folder, or point MLFLOW_TRACKING_URI (or tracking.uri in the project's "
+                "params.yaml, given with --params) at the project's store"
+            )
+        path.parent.mkdir(parents=True, exist_ok=True)
 
 
 def _sqlite_path(uri: str) -> Path:
