@@ -43,9 +43,10 @@ def process_umask() -> int:
     return mask
 
 
-def _share(path: Path, mode: int) -> None:
-    """Give `path` the permissions a plain open()/mkdir() would have given it."""
-    os.chmod(path, mode & ~process_umask())
+def share(path: str | Path) -> None:
+    """Give `path` the permissions a plain open()/mkdir() would have given it (for writers
+    that, like tempfile and safetensors, make files only their owner can read)."""
+    os.chmod(path, (0o777 if Path(path).is_dir() else 0o666) & ~process_umask())
 
 
 def _host() -> str:
@@ -96,7 +97,7 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     remove_stale_staging(target)
     staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(target, "tmp"), dir=target.parent))
     try:
-        _share(staging, 0o777)
+        share(staging)
         yield staging
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -118,7 +119,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
-        _share(Path(temp), 0o666)
+        share(temp)
         os.replace(temp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
