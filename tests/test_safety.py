@@ -220,3 +220,14 @@ def test_ingest_skip_drops_records_with_unusable_files_and_lists_them(tiny):
     rejects = (tiny / "fresh" / paths.REJECTS).read_text()
     assert "crecordone" in rejects and "is empty (0 bytes)" in rejects
     assert json.loads((tiny / "fresh" / paths.MANIFEST).read_text())["records"] == 1
+
+
+def test_an_absolute_path_elsewhere_falls_back_to_the_file_inside(tiny, tmp_path):
+    """The card's metadata.csv lists absolute paths of another machine; the file of the same
+    name inside the folder is read, never the one outside."""
+    elsewhere = tmp_path / "crecordone.png"
+    elsewhere.write_bytes(b"outside")
+    folder_source(image_path=str(elsewhere))(tiny)
+    first, _ = iter_folder(tiny / FOLDER_SOURCE)
+    assert first.problem is None
+    assert first.image == (tiny / FOLDER_SOURCE / "image" / "crecordone.png").read_bytes()

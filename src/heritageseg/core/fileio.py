@@ -3,8 +3,8 @@
 Outputs are written into a hidden sibling (`.NAME.tmp-PID-HOST-XXXX`) and renamed into place.
 They keep the permissions the umask gives any other file (tempfile makes 0600/0700, which
 would hide models and metrics from teammates on a shared cluster). The staging name carries
-the writer's pid and host, so the next write of the same output removes what a killed
-writer left behind, and only that: a live writer's staging is never touched.
+the writer's pid and host, so the next process writing into the same folder removes what a
+killed writer left behind, and only that: a live writer's staging is never touched.
 """
 
 from __future__ import annotations
@@ -67,18 +67,20 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_staging(target: str | Path) -> list[Path]:
-    """Remove the staging siblings of `target` left by writers on this host that are gone
+_STAGING = re.compile(
+    rf"\.(?P<name>.+)\.(?:{'|'.join(_STAGING_KINDS)})-(?P<pid>\d+)-(?P<host>[A-Za-z0-9._]+)-[^-]*"
+)
+_TIDIED: set[Path] = set()  # folders this process has already tidied
+
+
+def remove_stale_staging(folder: str | Path) -> list[Path]:
+    """Remove the staging entries in `folder` left by writers on this host that are gone
     (killed mid-write); the removed paths."""
-    target = Path(target)
-    pattern = re.compile(
-        rf"\.{re.escape(target.name)}\.(?:{'|'.join(_STAGING_KINDS)})-(\d+)-(.+)-[^-]*"
-    )
     removed = []
     with contextlib.suppress(FileNotFoundError):
-        for entry in target.parent.iterdir():
-            match = pattern.fullmatch(entry.name)
-            if not match or match[2] != _host() or _process_alive(int(match[1])):
+        for entry in Path(folder).iterdir():
+            match = _STAGING.fullmatch(entry.name)
+            if not match or match["host"] != _host() or _process_alive(int(match["pid"])):
                 continue
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)
@@ -88,13 +90,22 @@ def remove_stale_staging(target: str | Path) -> list[Path]:
     return removed
 
 
+def _tidy_once(folder: Path) -> None:
+    """remove_stale_staging, once per folder and process: a stage writing many files into one
+    folder lists it once, not once per file."""
+    key = folder.resolve()
+    if key not in _TIDIED:
+        remove_stale_staging(folder)
+        _TIDIED.add(key)
+
+
 @contextlib.contextmanager
 def atomic_dir(target: str | Path) -> Iterator[Path]:
     """Yield an empty sibling folder; on success it replaces `target`, on error it is removed
     and `target` is left as it was."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_staging(target)
+    _tidy_once(target.parent)
     staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(target, "tmp"), dir=target.parent))
     try:
         share(staging)
@@ -114,7 +125,7 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_staging(path)
+    _tidy_once(path.parent)
     handle, temp = tempfile.mkstemp(prefix=_staging_prefix(path, "tmp"), dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as stream:

@@ -239,24 +239,27 @@ def _resolve_file(root: Path, listed: str | None, column: str, record_id: str) -
     candidates = []
     if listed:
         listed_path = Path(listed)
-        if not listed_path.is_absolute():
-            _inside(root, root / listed_path, f"{column}_path {listed!r}")
+        if not listed_path.is_absolute() and not _inside(root, root / listed_path):
+            raise _UnusableFile(_outside(f"{column}_path {listed!r}", root))
         candidates += [root / listed_path, root / column / listed_path.name]
     candidates.append(root / column / f"{record_id}.png")
-    found = next((c for c in candidates if c.exists()), candidates[-1])
-    _inside(root, found, f"{column} file {found}")
-    return found
+    existing = [c for c in candidates if c.exists()]
+    usable = [c for c in existing if _inside(root, c)]
+    if existing and not usable:
+        raise _UnusableFile(_outside(f"{column} file {existing[0]}", root))
+    return usable[0] if usable else candidates[-1]
 
 
 class _UnusableFile(Exception):
     """A file a folder row names cannot be used; the message says why."""
 
 
-def _inside(root: Path, path: Path, what: str) -> None:
-    if not path.resolve().is_relative_to(root.resolve()):
-        raise _UnusableFile(
-            f"{what} leads outside the source folder {root}; list files inside it, relative to it"
-        )
+def _inside(root: Path, path: Path) -> bool:
+    return path.resolve().is_relative_to(root.resolve())
+
+
+def _outside(what: str, root: Path) -> str:
+    return f"{what} leads outside the source folder {root}; list files inside it, relative to it"
 
 
 def _read_bytes(path: Path, column: str) -> bytes | None:
