@@ -9,6 +9,7 @@ rewrite was lost.
 from __future__ import annotations
 
 import contextlib
+import csv
 import io
 import os
 import shutil
@@ -17,8 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
 from heritageseg.cli import main
 
@@ -84,6 +87,85 @@ def remove(relative: str) -> Breaker:
     def breaks(root: Path) -> None:
         path = root / relative
         shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+    return breaks
+
+
+# --- untrusted inputs, registry and outputs: breakers
+
+FOLDER_SOURCE = "incoming"  # a folder source (metadata.csv + PNGs) inside the project copy
+_HELD_LOCKS = contextlib.ExitStack()  # locks a row holds while its command runs
+
+
+def folder_source(files: dict[str, bytes | None] | None = None, **row: str) -> Breaker:
+    """Write a two-record folder source under FOLDER_SOURCE: `row` changes the first record's
+    metadata.csv row, `files` (path relative to the source: bytes) adds or replaces files."""
+
+    def breaks(root: Path) -> None:
+        from heritageseg.core.classes import colourise
+        from heritageseg.data.shards import encode_png
+
+        source = root / FOLDER_SOURCE
+        image = np.full((16, 24, 3), 90, np.uint8)
+        mask = np.zeros((16, 24), np.uint8)
+        rows = []
+        for record in ("crecordone", "crecordtwo"):
+            for column, data in (("image", encode_png(image)),
+                                 ("annotation", encode_png(mask, mode="L")),
+                                 ("annotation_rgb", encode_png(colourise(mask)))):  # fmt: skip
+                (source / column).mkdir(parents=True, exist_ok=True)
+                (source / column / f"{record}.png").write_bytes(data)
+            rows.append({"id": record, "material": "Paper", "content": "Line art",
+                         "image_path": f"image/{record}.png"})  # fmt: skip
+        rows[0].update(row)
+        for relative, data in (files or {}).items():
+            path = source / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        with (source / "metadata.csv").open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+    return breaks
+
+
+def registered(arch: str) -> Breaker:
+    """A version of heritageseg-ARCH in the test store (MLFLOW_TRACKING_URI), without the
+    metrics evaluate tags it with: enough for promote to look for versions."""
+
+    def breaks(root: Path) -> None:
+        from mlflow.exceptions import MlflowException
+        from mlflow.tracking import MlflowClient
+
+        from heritageseg.core.config import TrackingConfig
+        from heritageseg.ops.tracking import connect, model_name
+
+        connect(TrackingConfig())
+        client = MlflowClient()
+        with contextlib.suppress(MlflowException):  # registered by an earlier row
+            client.create_registered_model(model_name(arch))
+        client.create_model_version(model_name(arch), source=str(root))
+
+    return breaks
+
+
+def image_and_store(root: Path) -> None:
+    """An image to predict, and the test store created (so only the model is missing)."""
+    from heritageseg.core.config import TrackingConfig
+    from heritageseg.ops.tracking import connect
+
+    Image.fromarray(np.full((20, 30, 3), 120, np.uint8)).save(root / "photo.png")
+    connect(TrackingConfig())
+
+
+def training_in_progress(arch: str) -> Breaker:
+    """Another training of ARCH holds its folder's lock (held until the session ends)."""
+
+    def breaks(root: Path) -> None:
+        from heritageseg.core.fileio import exclusive
+
+        _HELD_LOCKS.enter_context(exclusive(root / "models" / arch, "training"))
 
     return breaks
 
@@ -180,7 +262,77 @@ MISTAKES += []
 
 # --- untrusted inputs, registry and outputs
 
-MISTAKES += []
+_INGEST_FOLDER = ("ingest", "--source", "folder", "--path", FOLDER_SOURCE)
+
+MISTAKES += [
+    Mistake(
+        "promote: a version the registry does not have",
+        ("promote", "--arch", "maxvit", "--version", "99"),
+        ("heritageseg-maxvit", "no version 99", "sqlite:///"),
+        breaks=registered("maxvit"),
+    ),
+    Mistake(
+        "promote: a version that is not a number",
+        ("promote", "--arch", "maxvit", "--version", "abc"),
+        ("'abc'", "heritageseg-maxvit", "sqlite:///"),
+    ),
+    Mistake(
+        "predict: a model the store does not have",
+        ("predict", "photo.png", "--model", "models:/heritageseg-maxvit/7", "--out", "maps"),
+        ("models:/heritageseg-maxvit/7", "sqlite:///"),
+        breaks=image_and_store,
+    ),
+    Mistake(
+        "predict outside a project folder",
+        ("predict", "photo.png", "--out", "maps"),
+        ("params.yaml", "not found"),
+        breaks=remove("params.yaml"),
+    ),
+    Mistake(
+        "folder source: an empty image file",
+        _INGEST_FOLDER,
+        ("crecordone", "zero.png", "is empty (0 bytes)"),
+        breaks=folder_source({"image/zero.png": b""}, image_path="image/zero.png"),
+    ),
+    Mistake(
+        "folder source: a path that leads outside the folder",
+        _INGEST_FOLDER,
+        ("crecordone", "../../elsewhere.png", "outside the source folder"),
+        breaks=folder_source(
+            {"../../elsewhere.png": b"not for you"}, image_path="../../elsewhere.png"
+        ),
+    ),
+    Mistake(
+        "folder source: a garbage annotation_rgb",
+        _INGEST_FOLDER,
+        ("crecordone", "annotation_rgb does not decode"),
+        breaks=folder_source({"annotation_rgb/crecordone.png": os.urandom(300)}),
+    ),
+    Mistake(
+        "folder source: an id that is no file name",
+        _INGEST_FOLDER,
+        ("../crecordone", "the id is not"),
+        breaks=folder_source(id="../crecordone"),
+    ),
+    Mistake(
+        "folder source: a material with control characters",
+        _INGEST_FOLDER,
+        ("crecordone", "material holds control characters"),
+        breaks=folder_source(material="Paper\x1b[31m"),
+    ),
+    Mistake(
+        "folder source: an overlong type",
+        _INGEST_FOLDER,
+        ("crecordone", "type has 5,000 characters"),
+        breaks=folder_source(type="x" * 5000),
+    ),
+    Mistake(
+        "train while another training writes the same folder",
+        ("train", "--arch", "convnext"),
+        ("models/convnext", "another training", f"pid {os.getpid()}"),
+        breaks=training_in_progress("convnext"),
+    ),
+]
 
 
 # ------------------------------------------------------------------ running a row

@@ -230,10 +230,10 @@ def _promote(args: argparse.Namespace) -> None:
 
 
 def _predict(args: argparse.Namespace) -> None:
-    from heritageseg.ops import tracking
+    from heritageseg.ops import registry
     from heritageseg.stages.predict import summary_line, write_damage_maps
 
-    tracking.connect(load_params(args.params).tracking)
+    registry.check_registered(load_params(args.params).tracking, args.model)
     for report in write_damage_maps(args.images, args.model, args.out, args.backend):
         print(summary_line(report))
     print(f"label masks, overlays and damage reports in {args.out}")
@@ -323,6 +323,7 @@ def _weights(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
+    from heritageseg.core.fileio import exclusive
     from heritageseg.ops.launch import TrainJob, print_epoch, run_jobs
 
     params = load_params(args.params)
@@ -331,6 +332,8 @@ def _train(args: argparse.Namespace) -> None:
     main_rank = int(os.environ.get("RANK", "0")) == 0
     archs = ARCHS if args.arch == "all" else (args.arch,)
     with contextlib.ExitStack() as runs:
+        for arch in archs if main_rank else ():  # one training per output folder at a time
+            runs.enter_context(exclusive(Path(args.out) / arch, "training"))
         trackers = [
             runs.enter_context(_training_run(params, args, arch, Path(args.out) / arch, main_rank))
             for arch in archs

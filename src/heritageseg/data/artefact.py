@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import re
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from heritageseg.core.classes import NUM_CLASSES
 from heritageseg.core.errors import DataError, RecordError
@@ -51,6 +52,13 @@ SCHEMA = pa.schema(
 _READ_BATCH_ROWS = 4
 _LABEL_BINS = 256
 
+# Ids become file names and CSV cells downstream: letters, digits and `_ . -` only.
+_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+_LABEL_MAX_CHARS = 200  # material, content, type: short category names
+_DESCRIPTION_MAX_CHARS = 100_000
+_COLOUR_MODES = ("RGB", "RGBA", "P")
+
 
 @dataclass(frozen=True)
 class RawRecord:
@@ -70,6 +78,7 @@ class RawRecord:
     image_path: str | None = None
     annotation_path: str | None = None
     annotation_rgb_path: str | None = None
+    problem: str | None = None  # found while reading the source (a file empty, unreadable...)
 
 
 @dataclass(frozen=True)
@@ -200,36 +209,72 @@ def record_from_row(values: dict, origin: str) -> RawRecord:
 
 
 def _record_from_folder_row(root: Path, row: dict[str, str], origin: str) -> RawRecord:
+    """The row's record; a file it cannot use (outside the folder, empty, unreadable) becomes
+    the record's `problem`, so the stream goes on and `--on-error skip` can drop it."""
     record_id = (row.get("id") or "").strip()
-    files = {
-        name: _resolve_file(root, row.get(f"{name}_path"), name, record_id)
-        for name in IMAGE_COLUMNS
-    }
+    texts = {name: (row.get(name) or None) for name in TEXT_COLUMNS}
+    try:
+        files = {
+            name: _resolve_file(root, row.get(f"{name}_path"), name, record_id)
+            for name in IMAGE_COLUMNS
+        }
+        data = {name: _read_bytes(path, name) for name, path in files.items()}
+    except _UnusableFile as problem:
+        return RawRecord(id=record_id, origin=origin, image=None, annotation=None,
+                         problem=str(problem), **texts)  # fmt: skip
     return RawRecord(
         id=record_id,
         origin=origin,
-        image=_read_bytes(files["image"]),
-        annotation=_read_bytes(files["annotation"]),
-        annotation_rgb=_read_bytes(files["annotation_rgb"]),
-        image_path=files["image"].name,
-        annotation_path=files["annotation"].name,
-        annotation_rgb_path=files["annotation_rgb"].name,
-        **{name: (row.get(name) or None) for name in TEXT_COLUMNS},
+        **data,
+        **{f"{name}_path": path.name for name, path in files.items()},
+        **texts,
     )
 
 
 def _resolve_file(root: Path, listed: str | None, column: str, record_id: str) -> Path:
-    """The card's example writes absolute paths of the machine it ran on; fall back to
-    the same file name under this folder, then to the conventional <column>/<id>.png."""
+    """The file of `column`, inside `root` (symlinks followed): metadata.csv is untrusted, a
+    path leading out of the folder is an error. The card's example writes absolute paths of
+    the machine it ran on; those fall back to the same file name under <column>/, then to
+    the conventional <column>/<id>.png."""
     candidates = []
     if listed:
-        candidates += [Path(listed), root / listed, root / column / Path(listed).name]
+        listed_path = Path(listed)
+        if not listed_path.is_absolute() and not _inside(root, root / listed_path):
+            raise _UnusableFile(_outside(f"{column}_path {listed!r}", root))
+        candidates += [root / listed_path, root / column / listed_path.name]
     candidates.append(root / column / f"{record_id}.png")
-    return next((c for c in candidates if c.is_file()), candidates[-1])
+    existing = [c for c in candidates if c.exists()]
+    usable = [c for c in existing if _inside(root, c)]
+    if existing and not usable:
+        raise _UnusableFile(_outside(f"{column} file {existing[0]}", root))
+    return usable[0] if usable else candidates[-1]
 
 
-def _read_bytes(path: Path) -> bytes | None:
-    return path.read_bytes() if path.is_file() else None
+class _UnusableFile(Exception):
+    """A file a folder row names cannot be used; the message says why."""
+
+
+def _inside(root: Path, path: Path) -> bool:
+    return path.resolve().is_relative_to(root.resolve())
+
+
+def _outside(what: str, root: Path) -> str:
+    return f"{what} leads outside the source folder {root}; list files inside it, relative to it"
+
+
+def _read_bytes(path: Path, column: str) -> bytes | None:
+    """The file's bytes; None if it does not exist, an error if it is empty or unreadable."""
+    if not path.exists():
+        return None
+    try:
+        data = path.read_bytes()
+    except PermissionError:
+        raise _UnusableFile(f"{column} file {path} cannot be read: permission denied") from None
+    except OSError as exc:
+        raise _UnusableFile(f"{column} file {path} cannot be read: {exc.strerror}") from None
+    if not data:
+        raise _UnusableFile(f"{column} file {path} is empty (0 bytes)")
+    return data
 
 
 # ---------------------------------------------------------------- decoding and validation
@@ -238,13 +283,65 @@ def _read_bytes(path: Path) -> bytes | None:
 def check_record(raw: RawRecord) -> RecordCheck:
     """Validate a record fully (both images decode, sizes agree, labels are valid)
     without converting the image to RGB."""
-    if not raw.id:
-        raise RecordError("<no id>", raw.origin, "the id is empty; every record needs its id")
+    if raw.problem:
+        raise RecordError(raw.id or "<no id>", raw.origin, raw.problem)
+    check_fields(raw)
     with _open_image(raw, "image") as image:
         image.load()
         size = image.size
     _, counts = _annotation_array(raw, expected_size=size)
+    if raw.annotation_rgb:
+        _check_annotation_rgb(raw, expected_size=size)
     return RecordCheck(width=size[0], height=size[1], label_counts=counts)
+
+
+def check_fields(raw: RawRecord) -> None:
+    """The id and the text fields: an id usable as a file name, texts that are strings of
+    reasonable length without control characters (descriptions may hold line breaks)."""
+    if not raw.id:
+        raise RecordError("<no id>", raw.origin, "the id is empty; every record needs its id")
+    if not isinstance(raw.id, str) or not _ID_PATTERN.fullmatch(raw.id):
+        raise RecordError(
+            str(raw.id)[:60],
+            raw.origin,
+            "the id is not 1..128 letters, digits, '_', '.' or '-' (starting with a letter "
+            "or digit); ids become file names, e.g. cljmrkz5n341f07clcujw105j",
+        )
+    for name in TEXT_COLUMNS:
+        problem = _text_problem(getattr(raw, name), name.endswith("description"))
+        if problem:
+            raise RecordError(raw.id, raw.origin, f"{name} {problem}")
+
+
+def _text_problem(value: object, description: bool) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        return f"is a {type(value).__name__}, not a string"
+    limit = _DESCRIPTION_MAX_CHARS if description else _LABEL_MAX_CHARS
+    if len(value) > limit:
+        return f"has {len(value):,} characters; at most {limit:,} are accepted"
+    text = value.replace("\n", "").replace("\r", "").replace("\t", "") if description else value
+    if _CONTROL_CHARACTERS.search(text):
+        return "holds control characters"
+    return None
+
+
+def _check_annotation_rgb(raw: RawRecord, expected_size: tuple[int, int]) -> None:
+    """The colour rendering of the labels, optional but, when given, a colour image of the
+    image's size that decodes."""
+    with _open_image(raw, "annotation_rgb") as rendering:
+        if rendering.mode not in _COLOUR_MODES:
+            raise RecordError(
+                raw.id, raw.origin, f"annotation_rgb has mode {rendering.mode}; expected a "
+                "colour PNG (RGB) in the published class colours",
+            )  # fmt: skip
+        if rendering.size != expected_size:
+            raise RecordError(
+                raw.id, raw.origin, f"annotation_rgb is {_wxh(rendering.size)} but the image "
+                f"is {_wxh(expected_size)}",
+            )  # fmt: skip
+        rendering.load()
 
 
 def decode_record(raw: RawRecord) -> Record:
@@ -297,6 +394,10 @@ def _open_image(raw: RawRecord, column: str) -> Iterator[Image.Image]:
                 raw.origin,
                 f"{column} is larger than the {MAX_IMAGE_PIXELS:,} pixels this reader accepts "
                 f"(the largest ARTeFACT image has about 133 M): {exc}",
+            ) from exc
+        except UnidentifiedImageError as exc:
+            raise RecordError(
+                raw.id, raw.origin, f"{column} does not decode: not an image file PIL can read"
             ) from exc
         except (OSError, ValueError) as exc:
             raise RecordError(raw.id, raw.origin, f"{column} does not decode: {exc}") from exc

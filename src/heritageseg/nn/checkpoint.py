@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from heritageseg.core.config import ModelConfig, from_mapping
 from heritageseg.core.errors import HeritagesegError
-from heritageseg.core.fileio import atomic_dir, write_json
+from heritageseg.core.fileio import atomic_dir, share, write_json
 from heritageseg.core.paths import CONFIG, RESUME, WEIGHTS
 from heritageseg.nn.models import build_model
 
@@ -37,6 +37,7 @@ def save_weights(model: torch.nn.Module, folder: Path, config: dict) -> None:
     tensors = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
     temp = folder / f".{WEIGHTS}.tmp"
     save_file(tensors, str(temp))
+    share(temp)  # safetensors writes 0600: teammates must read the model
     temp.replace(folder / WEIGHTS)
     write_json(folder / CONFIG, config)
 
@@ -109,6 +110,7 @@ def save_resume(folder: Path, objects: dict[str, Any], extra: dict) -> None:
             plain[name] = _split(unwrap(obj).state_dict(), f"{name}", tensors)
     with atomic_dir(folder / RESUME) as staging:
         save_file(tensors, str(staging / _STATE_TENSORS))
+        share(staging / _STATE_TENSORS)
         write_json(staging / _STATE_JSON, plain)
 
 

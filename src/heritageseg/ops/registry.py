@@ -30,6 +30,7 @@ from heritageseg.ops.tracking import (
     find_parent,
     metrics_prefix,
     model_name,
+    tracking_uri,
 )
 
 GATE_METRIC = "test_miou"
@@ -151,11 +152,12 @@ def _gate_value(version) -> float:
     return float(version.tags[GATE_METRIC])
 
 
-def _production(client, name: str):
+def _by_alias(client, name: str, alias: str = PRODUCTION):
+    """The version of `name` with `alias` (default: production), or None."""
     from mlflow.exceptions import MlflowException
 
     try:
-        return client.get_model_version_by_alias(name, PRODUCTION)
+        return client.get_model_version_by_alias(name, alias)
     except MlflowException:
         return None
 
@@ -186,20 +188,22 @@ def promote(cfg: TrackingConfig, arch: str, *, force: bool = False,
     and on its benchmark's parent run."""
     from mlflow.tracking import MlflowClient
 
-    experiment_id = connect(cfg)
+    name, uri = model_name(arch), tracking_uri(cfg)
+    if version is not None and not version.isdigit():
+        raise TrackingError(
+            f"--version {version!r} is not a version of {name}: registered versions are "
+            f"numbered 1, 2, ... (store {uri}); leave it out to promote the newest"
+        )
+    experiment_id = connect(cfg, create=False)
     client = MlflowClient()
-    name = model_name(arch)
     versions = client.search_model_versions(f"name = '{name}'")
     if not versions:
         raise TrackingError(
-            f"no version of {name} in {cfg.experiment}'s registry: run `dvc repro` (train and "
+            f"no version of {name} in the registry of {uri}: run `dvc repro` (train and "
             "evaluate with tracking on) first"
         )
-    if version is None:
-        candidate = max(versions, key=lambda v: int(v.version))
-    else:
-        candidate = client.get_model_version(name, version)
-    current = _production(client, name)
+    candidate = _pick_version(versions, version, uri)
+    current = _by_alias(client, name)
     candidate_miou = _gate_value(candidate)
     production_miou = _gate_value(current) if current is not None else None
     passes = production_miou is None or candidate_miou >= production_miou
@@ -217,6 +221,58 @@ def promote(cfg: TrackingConfig, arch: str, *, force: bool = False,
         _set_production(client, name, decision.candidate, [*history, decision.candidate])
     _record(client, experiment_id, candidate, decision)
     return decision
+
+
+def _pick_version(versions: list, version: str | None, uri: str):
+    """The newest of `versions`, or the one numbered `version`."""
+    if version is None:
+        return max(versions, key=lambda v: int(v.version))
+    found = [v for v in versions if int(v.version) == int(version)]
+    if not found:
+        raise TrackingError(
+            f"{versions[0].name} has no version {version} in the registry of {uri} "
+            f"(its versions: {_numbers(versions)})"
+        )
+    return found[0]
+
+
+def check_registered(cfg: TrackingConfig, model_uri: str) -> None:
+    """A registry URI (`models:/NAME@alias`, `models:/NAME/N`) names a version that the
+    store has. A URI that needs the store (`models:/`, `runs:/`) connects to it without
+    creating it; other URIs (a folder) are left to the loader."""
+    from mlflow.tracking import MlflowClient
+
+    from heritageseg.stages.predict import registry_reference
+
+    if not model_uri.startswith(("models:/", "runs:/")):
+        return
+    connect(cfg, create=False)
+    reference = registry_reference(model_uri)
+    if reference is None:
+        return
+    name, alias, number = reference
+    missing = _missing_version(MlflowClient(), name, alias, number)
+    if missing:
+        raise TrackingError(
+            f"model {model_uri}: {name} has {missing} in the MLflow store {tracking_uri(cfg)}; "
+            "register and promote one (`heritageseg evaluate`, `heritageseg promote`) or "
+            "point MLFLOW_TRACKING_URI at the store that has it"
+        )
+
+
+def _missing_version(client, name: str, alias: str | None, number: str | None) -> str | None:
+    versions = client.search_model_versions(f"name = '{name}'")
+    if not versions:
+        return "no registered version"
+    if number is not None and all(int(v.version) != int(number) for v in versions):
+        return f"no version {number} (its versions: {_numbers(versions)})"
+    if alias is not None and _by_alias(client, name, alias) is None:
+        return f"no version with alias {alias!r}"
+    return None
+
+
+def _numbers(versions: list) -> str:
+    return ", ".join(sorted((str(v.version) for v in versions), key=int))
 
 
 def _record(client, experiment_id: str, candidate, decision: Decision) -> None:
@@ -240,10 +296,10 @@ def rollback(cfg: TrackingConfig, arch: str) -> tuple[str, str]:
     """Give production back to the version before the current one: (from, to)."""
     from mlflow.tracking import MlflowClient
 
-    connect(cfg)
+    connect(cfg, create=False)
     client = MlflowClient()
     name = model_name(arch)
-    current = _production(client, name)
+    current = _by_alias(client, name)
     if current is None:
         raise TrackingError(f"{name} has no {PRODUCTION} version: nothing to roll back")
     history = _history(client, name, current)

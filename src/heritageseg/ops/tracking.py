@@ -3,8 +3,9 @@
 The only module that talks to MLflow. The stages run as separate processes (DVC, Slurm), so
 runs are tied together by tags, not by an open run: a benchmark id tags one parent run
 (found or created by tag search); `train` creates one child run per architecture and writes
-its id to `models/ARCH/mlflow.json` (inside the train stage's output), so `evaluate` logs
-into the same child run; `promote` and the report log to the parent.
+its id to `models/ARCH/mlflow.json` (inside the train stage's output) once the training
+succeeded, so `evaluate` logs into the same child run and a failed run's id is never left
+there; `promote` and the report log to the parent.
 
 Store: `MLFLOW_TRACKING_URI` > params `tracking.uri` > `sqlite:///mlruns/mlflow.db`, artifacts
 of a sqlite store in `artifacts/` beside the database. An unreachable server fails before
@@ -56,8 +57,10 @@ def tracking_uri(cfg: TrackingConfig) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or cfg.uri or DEFAULT_URI
 
 
-def connect(cfg: TrackingConfig) -> str:
-    """Point MLflow at the store, check it answers, and return the experiment id.
+def connect(cfg: TrackingConfig, create: bool = True) -> str:
+    """Point MLflow at the store, check it answers, and return the experiment id. A sqlite
+    store is created on first use, unless `create` is false (commands that only read the
+    registry: a missing store there means the wrong folder, not a new project).
 
     Short HTTP timeouts and few retries (unless set in the environment), so that a dead
     server is reported in seconds, before any training, instead of after minutes of retries.
@@ -67,13 +70,13 @@ def connect(cfg: TrackingConfig) -> str:
     import mlflow
 
     uri = tracking_uri(cfg)
-    _check_reachable(uri)
+    _check_reachable(uri, create)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return _experiment_id(uri, cfg.experiment)
 
 
-def _check_reachable(uri: str) -> None:
+def _check_reachable(uri: str, create: bool) -> None:
     if uri.startswith(("http://", "https://")):
         import requests
 
@@ -86,7 +89,14 @@ def _check_reachable(uri: str) -> None:
                 "params tracking.uri at a live one, or set tracking.enabled: false in params.yaml"
             ) from None
     elif uri.startswith("sqlite:///"):
-        _sqlite_path(uri).parent.mkdir(parents=True, exist_ok=True)
+        path = _sqlite_path(uri)
+        if not create and not path.is_file():
+            raise TrackingError(
+                f"MLflow store {uri} does not exist (no {path.absolute()}): run this from the "
+                "project folder, or point MLFLOW_TRACKING_URI (or tracking.uri in the project's "
+                "params.yaml, given with --params) at the project's store"
+            )
+        path.parent.mkdir(parents=True, exist_ok=True)
 
 
 def _sqlite_path(uri: str) -> Path:
@@ -218,6 +228,7 @@ class RunTracker:
 
     run_id: str
     pending: list[tuple[str, float, int]] = field(default_factory=list)
+    run_file: dict = field(default_factory=dict)  # OUT/mlflow.json, written on success
 
     def on_epoch(self, row: dict) -> None:
         step = int(row["epoch"])
@@ -250,11 +261,9 @@ class RunTracker:
         return True
 
 
-def start_training(
-    params: Params, params_file: Path, arch: str, out: Path, raw: Path
-) -> RunTracker:
+def start_training(params: Params, params_file: Path, arch: str, raw: Path) -> RunTracker:
     """Connect (fail fast), find the benchmark's parent run, create this arch's child run
-    with params and tags, and write its id to OUT/mlflow.json for `evaluate`."""
+    with params and tags; the tracker holds what models/ARCH/mlflow.json will say."""
     from mlflow.tracking import MlflowClient
 
     experiment_id = connect(params.tracking)
@@ -275,23 +284,22 @@ def start_training(
     )
     run_id = run.info.run_id
     log_params(run_id, _stage_params(params, arch))
-    write_json(
-        out / RUN_FILE,
-        {"run_id": run_id, "parent_run_id": parent, "experiment_id": experiment_id,
-         "benchmark": benchmark, "tracking_uri": tracking_uri(params.tracking)},
-    )  # fmt: skip
-    return RunTracker(run_id)
+    return RunTracker(run_id, run_file={
+        "run_id": run_id, "parent_run_id": parent, "experiment_id": experiment_id,
+        "benchmark": benchmark, "tracking_uri": tracking_uri(params.tracking)})  # fmt: skip
 
 
 @contextlib.contextmanager
 def training_run(
     params: Params, params_file: Path, arch: str, out: Path, raw: Path
 ) -> Iterator[RunTracker]:
-    """start_training, then the block (the run marked FAILED if it raises), then
-    finish_training with OUT/train_metrics.json."""
-    tracker = start_training(params, params_file, arch, out, raw)
+    """start_training, then the block (the run marked FAILED if it raises, OUT/mlflow.json
+    left as it was), then OUT/mlflow.json for `evaluate` and finish_training with
+    OUT/train_metrics.json."""
+    tracker = start_training(params, params_file, arch, raw)
     with failing_run(tracker.run_id):
         yield tracker
+    write_json(out / RUN_FILE, tracker.run_file)
     finish_training(tracker, out, json.loads((out / TRAIN_METRICS).read_text()))
 
 

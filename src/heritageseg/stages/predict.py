@@ -25,13 +25,20 @@ ALPHA = 0.5  # overlay opacity of the class colours; Clean pixels are left as th
 _EIGHT_NEIGHBOURS = np.ones((3, 3), dtype=bool)
 
 
+def registry_reference(uri: str) -> tuple[str, str | None, str | None] | None:
+    """(name, alias, version number) of a `models:/NAME@alias` or `models:/NAME/N` URI (the
+    one not given is None); None for any other URI (a run or a folder)."""
+    match = re.fullmatch(r"models:/([^/@]+)(?:@([^/]+)|/(\d+))?", uri)
+    return match.groups() if match else None  # type: ignore[return-value]
+
+
 def model_identity(uri: str) -> tuple[str, str | None]:
     """(registered name, version) of a `models:/NAME@alias` or `models:/NAME/N` URI; for any
     other URI (a run or a folder) the URI itself and no version."""
-    match = re.fullmatch(r"models:/([^/@]+)(?:@([^/]+)|/(\d+))?", uri)
-    if not match:
+    reference = registry_reference(uri)
+    if reference is None:
         return uri, None
-    name, alias, number = match.groups()
+    name, alias, number = reference
     if number:
         return name, number
     from mlflow.tracking import MlflowClient
