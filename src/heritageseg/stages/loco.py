@@ -32,7 +32,9 @@ from heritageseg.core.paths import (
     METRICS_FILE,
     fold_table,
 )
+from heritageseg.core.rebuild import rebuild_hint
 from heritageseg.data.cache import iter_masks, read_index
+from heritageseg.data.splits import read_folds
 from heritageseg.data.weights import pixel_counts, weights_document
 from heritageseg.stages.evaluate import run_evaluation, write_evaluation
 from heritageseg.stages.train import run_training
@@ -47,7 +49,10 @@ def fold_index(index: pd.DataFrame, folds: pd.DataFrame, held_out: str) -> pd.Da
     fold_of = dict(zip(folds["id"].astype(str), folds["fold"].astype(str), strict=True))
     missing = sorted(set(index["id"]) - set(fold_of))
     if missing:
-        raise DataError(f"{len(missing)} cached id(s) have no fold, e.g. {missing[0]}: rerun split")
+        raise DataError(
+            f"{len(missing)} cached id(s) have no fold, e.g. {missing[0]}: the fold table is "
+            f"stale or cut short; {rebuild_hint('split')}"
+        )
     out = index.copy()
     held = out["id"].map(fold_of) == held_out
     out.loc[held, "split"] = "test"
@@ -70,7 +75,7 @@ def run_leave_one_out(
     """Train and test `arch` once per held-out value; return (and write) the summary."""
     if by not in FOLD_BY:
         raise DataError(f"leave-one-out by {by!r}: choose one of {', '.join(FOLD_BY)}")
-    folds = pd.read_csv(splits / fold_table(by), dtype=str)
+    folds = read_folds(splits / fold_table(by))
     index = read_index(cache)
     params = replace(params, evaluate=replace(params.evaluate, resolution="prepared"))
     results = {}
