@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import shutil
 import traceback
@@ -86,6 +87,41 @@ def remove(relative: str) -> Breaker:
     return breaks
 
 
+# broken files: one reader per kind of file
+
+DAMAGES = {"truncated": truncate, "garbage": garbage, "empty": empty}
+
+
+def both(*breakers: Breaker) -> Breaker:
+    def breaks(root: Path) -> None:
+        for breaker in breakers:
+            breaker(root)
+
+    return breaks
+
+
+_EVALUATED: dict[str, Path] = {}
+
+
+def evaluated(root: Path) -> None:
+    """metrics/segformer of the trained project, as `evaluate` writes it: evaluated once, in
+    a copy of the first project given, and copied into each one after."""
+    if "segformer" not in _EVALUATED:
+        source = Path(shutil.copytree(root, root.parent / "evaluated", symlinks=True))
+        code, output = run_cli(source, ("evaluate", "--arch", "segformer"))
+        assert code == 0, output
+        _EVALUATED["segformer"] = source / "metrics" / "segformer"
+    shutil.copytree(_EVALUATED["segformer"], root / "metrics" / "segformer")
+
+
+def tracked(root: Path) -> None:
+    """Tracking on, and models/segformer/mlflow.json as training with tracking on writes it."""
+    set_param("tracking.enabled", True)(root)
+    run = {"run_id": "0" * 32, "parent_run_id": "1" * 32, "experiment_id": "1",
+           "benchmark": "0" * 12, "tracking_uri": "sqlite:///mlruns/mlflow.db"}  # fmt: skip
+    (root / "models" / "segformer" / "mlflow.json").write_text(json.dumps(run))
+
+
 # ------------------------------------------------------------------ the table
 # Sections by kind of mistake; each adds its rows to MISTAKES.
 
@@ -103,7 +139,48 @@ MISTAKES += [
 
 # --- broken files: one reader per kind of file
 
-MISTAKES += []
+TRAIN = ("train", "--arch", "segformer")
+EVALUATE = ("evaluate", "--arch", "segformer")
+RETRAIN = "heritageseg train --arch segformer --fresh"
+UNTRACKED = set_param("tracking.enabled", False)
+BROKEN_FILES = [  # (file, project, the command that reads it, its rebuild command, setup)
+    ("data/raw/manifest.json", "tiny", ("summary",), "dvc repro -f -s ingest", None),
+    ("data/splits/split.csv", "tiny", ("prepare",), "dvc repro -f -s split", None),
+    ("data/splits/lo_content.csv", "tiny", ("loco", "--arch", "segformer", "--by", "content"),
+     "dvc repro -f -s split", None),
+    ("data/splits/lo_material.csv", "tiny", ("loco", "--arch", "segformer", "--by", "material"),
+     "dvc repro -f -s split", None),
+    ("data/cache/images.npy", "tiny", TRAIN, "dvc repro -f -s prepare", UNTRACKED),
+    ("data/cache/masks.npy", "tiny", ("weights",), "dvc repro -f -s prepare", None),
+    ("data/cache/index.csv", "tiny", ("weights",), "dvc repro -f -s prepare", None),
+    ("data/cache/cache.json", "tiny", TRAIN, "dvc repro -f -s prepare", UNTRACKED),
+    ("data/class_weights.json", "tiny", TRAIN, "dvc repro -f -s weights", UNTRACKED),
+    ("models/segformer/model.safetensors", "trained", EVALUATE, RETRAIN, None),
+    ("models/segformer/model.safetensors", "trained", ("export", "onnx", "--arch", "segformer"),
+     RETRAIN, None),
+    ("models/segformer/config.json", "trained", EVALUATE, RETRAIN, None),
+    ("models/segformer/train_metrics.json", "trained", ("summary",), RETRAIN, None),
+    ("models/segformer/mlflow.json", "trained", EVALUATE, RETRAIN, tracked),
+    ("metrics/segformer/metrics.json", "trained", ("summary",),
+     "dvc repro -f -s evaluate@segformer", evaluated),
+    ("metrics/segformer/metrics_native.json", "trained", ("report",),
+     "dvc repro -f -s evaluate@segformer", evaluated),
+    ("metrics/segformer/per_image.npz", "trained", ("report",),
+     "dvc repro -f -s evaluate@segformer", evaluated),
+]  # fmt: skip
+"""Every kind of file a stage reads, truncated, overwritten with random bytes or emptied."""
+
+MISTAKES += [
+    Mistake(
+        f"{damage} {file} ({argv[0]})",
+        argv,
+        (file, rebuild),
+        breaks=both(setup or (lambda root: None), DAMAGES[damage](file)),
+        project=project,
+    )
+    for file, project, argv, rebuild, setup in BROKEN_FILES
+    for damage in DAMAGES
+]
 
 # --- untrusted inputs, registry and outputs
 

@@ -56,7 +56,7 @@ def read_json(path: str | Path, rebuild: str, keys: Iterable[str] = ()) -> dict[
     try:
         document = json.loads(text)
     except json.JSONDecodeError as error:
-        problem = f"is not valid JSON ({error.msg} at line {error.lineno}): truncated or corrupt"
+        problem = f"is not valid JSON ({error.msg}, line {error.lineno}): truncated or corrupt"
         raise BrokenFile(path, problem, rebuild) from None
     if not isinstance(document, dict):
         raise BrokenFile(path, f"holds a JSON {type(document).__name__}, not an object", rebuild)

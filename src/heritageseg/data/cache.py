@@ -255,9 +255,8 @@ def cache_array(folder: Path, name: str) -> np.ndarray:
     require_file(path, hint)
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, EOFError, OSError) as error:
-        problem = f"is not a whole .npy array: truncated or corrupt ({error})"
-        raise BrokenFile(path, problem, hint) from None
+    except (ValueError, EOFError, OSError):  # numpy's words would be about pickle or mmap
+        raise BrokenFile(path, "is not a whole .npy array: truncated or corrupt", hint) from None
     expected = f"uint8 {shape}, from cache.json"
     ok = isinstance(array, np.ndarray) and array.dtype == np.uint8 and array.shape == shape
     require(ok, path, f"holds {getattr(array, 'dtype', '?')} {getattr(array, 'shape', '?')}, "

@@ -32,6 +32,7 @@ from heritageseg.core.paths import (
     METRICS_FILE,
     fold_table,
 )
+from heritageseg.core.readers import require
 from heritageseg.core.rebuild import rebuild_hint
 from heritageseg.data.cache import iter_masks, read_index
 from heritageseg.data.splits import read_folds
@@ -49,10 +50,7 @@ def fold_index(index: pd.DataFrame, folds: pd.DataFrame, held_out: str) -> pd.Da
     fold_of = dict(zip(folds["id"].astype(str), folds["fold"].astype(str), strict=True))
     missing = sorted(set(index["id"]) - set(fold_of))
     if missing:
-        raise DataError(
-            f"{len(missing)} cached id(s) have no fold, e.g. {missing[0]}: the fold table is "
-            f"stale or cut short; {rebuild_hint('split')}"
-        )
+        raise DataError(f"{len(missing)} cached id(s) have no fold, e.g. {missing[0]}: rerun split")
     out = index.copy()
     held = out["id"].map(fold_of) == held_out
     out.loc[held, "split"] = "test"
@@ -77,6 +75,9 @@ def run_leave_one_out(
         raise DataError(f"leave-one-out by {by!r}: choose one of {', '.join(FOLD_BY)}")
     folds = read_folds(splits / fold_table(by))
     index = read_index(cache)
+    missing = sorted(set(index["id"]) - set(folds["id"]))
+    problem = f"{len(missing)} cached id(s) have no fold (e.g. {missing[:1]}): stale or cut short"
+    require(not missing, splits / fold_table(by), problem, rebuild_hint("split"))
     params = replace(params, evaluate=replace(params.evaluate, resolution="prepared"))
     results = {}
     for value in sorted(folds["fold"].unique()):

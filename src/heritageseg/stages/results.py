@@ -56,8 +56,8 @@ def read_per_image(path: Path, resolutions) -> dict[str, tuple[list[str], np.nda
         with np.load(path, allow_pickle=False) as saved:
             found = [key for key in resolutions if key in saved]
             per_image = {key: (list(saved[f"{key}_ids"]), saved[key]) for key in found}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as error:
-        problem = f"is not a whole .npz archive of arrays: truncated or corrupt ({error})"
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError):  # pickle advice
+        problem = "is not a whole .npz archive of plain arrays: truncated or corrupt"
         raise BrokenFile(path, problem, hint) from None
     for key, (ids, matrices) in per_image.items():
         square = matrices.ndim == 3 and matrices.shape[1] == matrices.shape[2]
