@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -122,6 +123,47 @@ def tracked(root: Path) -> None:
     (root / "models" / "segformer" / "mlflow.json").write_text(json.dumps(run))
 
 
+def rewrite_json(relative: str, change: Callable[[dict], None]) -> Breaker:
+    """A JSON file that parses but is not what its writer writes."""
+
+    def breaks(root: Path) -> None:
+        path = root / relative
+        document = json.loads(path.read_text())
+        change(document)
+        path.write_text(json.dumps(document))
+
+    return breaks
+
+
+def drop(key: str) -> Callable[[dict], None]:
+    return lambda document: document.pop(key)
+
+
+def drop_last_weight(document: dict) -> None:
+    document["weights"].pop()
+
+
+def save_array(relative: str, shape: tuple[int, ...], dtype: str = "uint8") -> Breaker:
+    """A whole .npy file, but of another shape or type than the cache index says."""
+
+    def breaks(root: Path) -> None:
+        np.save(root / relative, np.zeros(shape, dtype=dtype))
+
+    return breaks
+
+
+def drop_column(relative: str, column: str) -> Breaker:
+    def breaks(root: Path) -> None:
+        path = root / relative
+        lines = path.read_text().splitlines()
+        position = lines[0].split(",").index(column)
+        cells = [line.split(",") for line in lines]
+        kept = [",".join(v for i, v in enumerate(row) if i != position) for row in cells]
+        path.write_text("\n".join(kept) + "\n")
+
+    return breaks
+
+
 # ------------------------------------------------------------------ the table
 # Sections by kind of mistake; each adds its rows to MISTAKES.
 
@@ -180,6 +222,52 @@ MISTAKES += [
     )
     for file, project, argv, rebuild, setup in BROKEN_FILES
     for damage in DAMAGES
+]
+MISTAKES += [  # files that parse, but do not hold what their writer writes
+    Mistake(
+        "images.npy of another shape than cache.json says",
+        TRAIN,
+        ("data/cache/images.npy", "cache.json", "dvc repro -f -s prepare"),
+        breaks=both(UNTRACKED, save_array("data/cache/images.npy", (3, 8, 8, 3))),
+    ),
+    Mistake(
+        "masks.npy of float32",
+        ("weights",),
+        ("data/cache/masks.npy", "uint8", "dvc repro -f -s prepare"),
+        breaks=save_array("data/cache/masks.npy", (40, 64, 64), "float32"),
+    ),
+    Mistake(
+        "cache.json lists another number of rows",
+        ("weights",),
+        ("data/cache/index.csv", "cache.json", "dvc repro -f -s prepare"),
+        breaks=rewrite_json("data/cache/cache.json", lambda info: info.update(rows=41)),
+    ),
+    Mistake(
+        "split.csv without its split column",
+        ("prepare",),
+        ("data/splits/split.csv", "split", "dvc repro -f -s split"),
+        breaks=drop_column("data/splits/split.csv", "split"),
+    ),
+    Mistake(
+        "class_weights.json with 15 weights",
+        TRAIN,
+        ("data/class_weights.json", "16 finite positive", "dvc repro -f -s weights"),
+        breaks=both(UNTRACKED, rewrite_json("data/class_weights.json", drop_last_weight)),
+    ),
+    Mistake(
+        "config.json without its model section",
+        EVALUATE,
+        ("models/segformer/config.json", "'model'", RETRAIN),
+        breaks=rewrite_json("models/segformer/config.json", drop("model")),
+        project="trained",
+    ),
+    Mistake(
+        "metrics.json without miou",
+        ("summary",),
+        ("metrics/segformer/metrics.json", "'miou'", "dvc repro -f -s evaluate@segformer"),
+        breaks=both(evaluated, rewrite_json("metrics/segformer/metrics.json", drop("miou"))),
+        project="trained",
+    ),
 ]
 
 # --- untrusted inputs, registry and outputs
@@ -241,3 +329,26 @@ def test_a_mistake_is_a_clear_message(mistake: Mistake, request, tmp_path: Path)
     after = snapshot(root)
     lost = {path for path in before if path not in after or after[path] != before[path]}
     assert not lost, f"{mistake.name}: changed or lost {sorted(lost)}"
+
+
+# --- broken files: a resume state that cannot be read back is set aside
+
+
+@pytest.mark.training
+@pytest.mark.parametrize(
+    ("name", "damage"), [("state.safetensors", "truncated"), ("state.json", "garbage")]
+)
+def test_a_broken_resume_state_is_set_aside(
+    trained_project: Path, tmp_path: Path, name: str, damage: str
+):
+    root = Path(shutil.copytree(trained_project, tmp_path / "p", symlinks=True))
+    model_dir = root / "models" / "segformer"
+    DAMAGES[damage](f"models/segformer/resume/{name}")(root)
+    broken = (model_dir / "resume" / name).read_bytes()
+    code, output = run_cli(root, ("train", "--arch", "segformer"))
+    assert code == 0, output
+    assert "Traceback" not in output, output
+    (aside,) = model_dir.glob("resume.corrupt-*")
+    assert f"models/segformer/{aside.name}" in output and "starting over" in output, output
+    assert (aside / name).read_bytes() == broken  # kept, for a look
+    assert (model_dir / "resume" / "state.json").is_file()  # the new run's own state
