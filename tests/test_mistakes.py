@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import json
 import os
 import shutil
 import traceback
@@ -130,6 +131,19 @@ def folder_source(files: dict[str, bytes | None] | None = None, **row: str) -> B
     return breaks
 
 
+# broken files: one reader per kind of file
+
+DAMAGES = {"truncated": truncate, "garbage": garbage, "empty": empty}
+
+
+def both(*breakers: Breaker) -> Breaker:
+    def breaks(root: Path) -> None:
+        for breaker in breakers:
+            breaker(root)
+
+    return breaks
+
+
 def registered(arch: str) -> Breaker:
     """A version of heritageseg-ARCH in the test store (MLFLOW_TRACKING_URI), without the
     metrics evaluate tags it with: enough for promote to look for versions."""
@@ -150,6 +164,40 @@ def registered(arch: str) -> Breaker:
     return breaks
 
 
+_EVALUATED: dict[str, Path] = {}
+
+
+def evaluated(root: Path) -> None:
+    """metrics/segformer of the trained project, as `evaluate` writes it: evaluated once, in
+    a copy of the first project given, and copied into each one after."""
+    if "segformer" not in _EVALUATED:
+        source = Path(shutil.copytree(root, root.parent / "evaluated", symlinks=True))
+        code, output = run_cli(source, ("evaluate", "--arch", "segformer"))
+        assert code == 0, output
+        _EVALUATED["segformer"] = source / "metrics" / "segformer"
+    shutil.copytree(_EVALUATED["segformer"], root / "metrics" / "segformer")
+
+
+def tracked(root: Path) -> None:
+    """Tracking on, and models/segformer/mlflow.json as training with tracking on writes it."""
+    set_param("tracking.enabled", True)(root)
+    run = {"run_id": "0" * 32, "parent_run_id": "1" * 32, "experiment_id": "1",
+           "benchmark": "0" * 12, "tracking_uri": "sqlite:///mlruns/mlflow.db"}  # fmt: skip
+    (root / "models" / "segformer" / "mlflow.json").write_text(json.dumps(run))
+
+
+def rewrite_json(relative: str, change: Callable[[dict], None]) -> Breaker:
+    """A JSON file that parses but is not what its writer writes."""
+
+    def breaks(root: Path) -> None:
+        path = root / relative
+        document = json.loads(path.read_text())
+        change(document)
+        path.write_text(json.dumps(document))
+
+    return breaks
+
+
 def image_and_store(root: Path) -> None:
     """An image to predict, and the test store created (so only the model is missing)."""
     from heritageseg.core.config import TrackingConfig
@@ -166,6 +214,35 @@ def training_in_progress(arch: str) -> Breaker:
         from heritageseg.core.fileio import exclusive
 
         _HELD_LOCKS.enter_context(exclusive(root / "models" / arch, "training"))
+
+    return breaks
+
+
+def drop(key: str) -> Callable[[dict], None]:
+    return lambda document: document.pop(key)
+
+
+def drop_last_weight(document: dict) -> None:
+    document["weights"].pop()
+
+
+def save_array(relative: str, shape: tuple[int, ...], dtype: str = "uint8") -> Breaker:
+    """A whole .npy file, but of another shape or type than the cache index says."""
+
+    def breaks(root: Path) -> None:
+        np.save(root / relative, np.zeros(shape, dtype=dtype))
+
+    return breaks
+
+
+def drop_column(relative: str, column: str) -> Breaker:
+    def breaks(root: Path) -> None:
+        path = root / relative
+        lines = path.read_text().splitlines()
+        position = lines[0].split(",").index(column)
+        cells = [line.split(",") for line in lines]
+        kept = [",".join(v for i, v in enumerate(row) if i != position) for row in cells]
+        path.write_text("\n".join(kept) + "\n")
 
     return breaks
 
@@ -258,7 +335,94 @@ MISTAKES += [
 
 # --- broken files: one reader per kind of file
 
-MISTAKES += []
+TRAIN = ("train", "--arch", "segformer")
+EVALUATE = ("evaluate", "--arch", "segformer")
+RETRAIN = "heritageseg train --arch segformer --fresh"
+UNTRACKED = set_param("tracking.enabled", False)
+BROKEN_FILES = [  # (file, project, the command that reads it, its rebuild command, setup)
+    ("data/raw/manifest.json", "tiny", ("summary",), "dvc repro -f -s ingest", None),
+    ("data/splits/split.csv", "tiny", ("prepare",), "dvc repro -f -s split", None),
+    ("data/splits/lo_content.csv", "tiny", ("loco", "--arch", "segformer", "--by", "content"),
+     "dvc repro -f -s split", None),
+    ("data/splits/lo_material.csv", "tiny", ("loco", "--arch", "segformer", "--by", "material"),
+     "dvc repro -f -s split", None),
+    ("data/cache/images.npy", "tiny", TRAIN, "dvc repro -f -s prepare", UNTRACKED),
+    ("data/cache/masks.npy", "tiny", ("weights",), "dvc repro -f -s prepare", None),
+    ("data/cache/index.csv", "tiny", ("weights",), "dvc repro -f -s prepare", None),
+    ("data/cache/cache.json", "tiny", TRAIN, "dvc repro -f -s prepare", UNTRACKED),
+    ("data/class_weights.json", "tiny", TRAIN, "dvc repro -f -s weights", UNTRACKED),
+    ("models/segformer/model.safetensors", "trained", EVALUATE, RETRAIN, None),
+    ("models/segformer/model.safetensors", "trained", ("export", "onnx", "--arch", "segformer"),
+     RETRAIN, None),
+    ("models/segformer/config.json", "trained", EVALUATE, RETRAIN, None),
+    ("models/segformer/train_metrics.json", "trained", ("summary",), RETRAIN, None),
+    ("models/segformer/mlflow.json", "trained", EVALUATE, RETRAIN, tracked),
+    ("metrics/segformer/metrics.json", "trained", ("summary",),
+     "dvc repro -f -s evaluate@segformer", evaluated),
+    ("metrics/segformer/metrics_native.json", "trained", ("report",),
+     "dvc repro -f -s evaluate@segformer", evaluated),
+    ("metrics/segformer/per_image.npz", "trained", ("report",),
+     "dvc repro -f -s evaluate@segformer", evaluated),
+]  # fmt: skip
+"""Every kind of file a stage reads, truncated, overwritten with random bytes or emptied."""
+
+MISTAKES += [
+    Mistake(
+        f"{damage} {file} ({argv[0]})",
+        argv,
+        (file, rebuild),
+        breaks=both(setup or (lambda root: None), DAMAGES[damage](file)),
+        project=project,
+    )
+    for file, project, argv, rebuild, setup in BROKEN_FILES
+    for damage in DAMAGES
+]
+MISTAKES += [  # files that parse, but do not hold what their writer writes
+    Mistake(
+        "images.npy of another shape than cache.json says",
+        TRAIN,
+        ("data/cache/images.npy", "cache.json", "dvc repro -f -s prepare"),
+        breaks=both(UNTRACKED, save_array("data/cache/images.npy", (3, 8, 8, 3))),
+    ),
+    Mistake(
+        "masks.npy of float32",
+        ("weights",),
+        ("data/cache/masks.npy", "uint8", "dvc repro -f -s prepare"),
+        breaks=save_array("data/cache/masks.npy", (40, 64, 64), "float32"),
+    ),
+    Mistake(
+        "cache.json lists another number of rows",
+        ("weights",),
+        ("data/cache/index.csv", "cache.json", "dvc repro -f -s prepare"),
+        breaks=rewrite_json("data/cache/cache.json", lambda info: info.update(rows=41)),
+    ),
+    Mistake(
+        "split.csv without its split column",
+        ("prepare",),
+        ("data/splits/split.csv", "split", "dvc repro -f -s split"),
+        breaks=drop_column("data/splits/split.csv", "split"),
+    ),
+    Mistake(
+        "class_weights.json with 15 weights",
+        TRAIN,
+        ("data/class_weights.json", "16 finite positive", "dvc repro -f -s weights"),
+        breaks=both(UNTRACKED, rewrite_json("data/class_weights.json", drop_last_weight)),
+    ),
+    Mistake(
+        "config.json without its model section",
+        EVALUATE,
+        ("models/segformer/config.json", "'model'", RETRAIN),
+        breaks=rewrite_json("models/segformer/config.json", drop("model")),
+        project="trained",
+    ),
+    Mistake(
+        "metrics.json without miou",
+        ("summary",),
+        ("metrics/segformer/metrics.json", "'miou'", "dvc repro -f -s evaluate@segformer"),
+        breaks=both(evaluated, rewrite_json("metrics/segformer/metrics.json", drop("miou"))),
+        project="trained",
+    ),
+]
 
 # --- untrusted inputs, registry and outputs
 
@@ -389,3 +553,26 @@ def test_a_mistake_is_a_clear_message(mistake: Mistake, request, tmp_path: Path)
     after = snapshot(root)
     lost = {path for path in before if path not in after or after[path] != before[path]}
     assert not lost, f"{mistake.name}: changed or lost {sorted(lost)}"
+
+
+# --- broken files: a resume state that cannot be read back is set aside
+
+
+@pytest.mark.training
+@pytest.mark.parametrize(
+    ("name", "damage"), [("state.safetensors", "truncated"), ("state.json", "garbage")]
+)
+def test_a_broken_resume_state_is_set_aside(
+    trained_project: Path, tmp_path: Path, name: str, damage: str
+):
+    root = Path(shutil.copytree(trained_project, tmp_path / "p", symlinks=True))
+    model_dir = root / "models" / "segformer"
+    DAMAGES[damage](f"models/segformer/resume/{name}")(root)
+    broken = (model_dir / "resume" / name).read_bytes()
+    code, output = run_cli(root, ("train", "--arch", "segformer"))
+    assert code == 0, output
+    assert "Traceback" not in output, output
+    (aside,) = model_dir.glob("resume.corrupt-*")
+    assert f"models/segformer/{aside.name}" in output and "starting over" in output, output
+    assert (aside / name).read_bytes() == broken  # kept, for a look
+    assert (model_dir / "resume" / "state.json").is_file()  # the new run's own state

@@ -119,6 +119,6 @@ def test_missing_per_image_matrices_name_the_file(evaluated, tmp_path):
     (metrics / "segformer").mkdir(parents=True)
     source = evaluated / "metrics" / "segformer" / "metrics.json"
     (metrics / "segformer" / "metrics.json").write_bytes(source.read_bytes())
-    with pytest.raises(HeritagesegError, match=re.escape("per_image.npz not found")):
+    with pytest.raises(HeritagesegError, match=re.escape("per_image.npz: not found")):
         run_report(ARCHS, metrics=metrics, models=evaluated / "models", out=tmp_path / "r",
                    iterations=10, seed=0)  # fmt: skip

@@ -28,6 +28,14 @@ from heritageseg.core.config import PrepareConfig
 from heritageseg.core.errors import DataError
 from heritageseg.core.fileio import atomic_dir, write_json
 from heritageseg.core.paths import CACHE_IMAGES, CACHE_INDEX, CACHE_INFO, CACHE_MASKS
+from heritageseg.core.readers import (
+    BrokenFile,
+    read_csv_table,
+    read_json,
+    require,
+    require_file,
+)
+from heritageseg.core.rebuild import rebuild_hint
 from heritageseg.data.artefact import (
     RawRecord,
     Record,
@@ -36,7 +44,7 @@ from heritageseg.data.artefact import (
     iter_parquet,
     read_metadata,
 )
-from heritageseg.data.splits import check_no_leakage
+from heritageseg.data.splits import check_no_leakage, read_split
 
 INDEX_COLUMNS = [
     "row", "id", "split", "material", "content",
@@ -146,12 +154,6 @@ def _parallel(function: Callable, jobs: Iterable, workers: int, total: int, desc
         yield from tqdm(results, total=total, desc=desc, mininterval=1.0)
 
 
-def read_split(split_csv: Path) -> pd.DataFrame:
-    if not split_csv.is_file():
-        raise DataError(f"{split_csv} not found: run `heritageseg split` first")
-    return pd.read_csv(split_csv, dtype=str, keep_default_na=False)
-
-
 def _check_ids_match(raw_dir: Path, split_csv: Path, split_ids: pd.Index) -> None:
     raw_ids = pd.Index(read_metadata(raw_dir, columns=("id",))["id"])
     unknown = raw_ids.difference(split_ids)
@@ -159,7 +161,7 @@ def _check_ids_match(raw_dir: Path, split_csv: Path, split_ids: pd.Index) -> Non
         raise DataError(
             f"{split_csv} does not match {raw_dir} ({len(split_ids)} ids listed, "
             f"{len(raw_ids)} records, e.g. {list(unknown[:3])} not listed): the split is "
-            "stale; rerun `heritageseg split` (or `dvc repro`)"
+            f"stale or cut short; {rebuild_hint('split')}"
         )
 
 
@@ -218,17 +220,54 @@ def _index_row(row: int, raw: RawRecord, split: str, shape: tuple, piece: Piece)
 # ---------------------------------------------------------------- reading
 
 
+_INFO_KEYS = ("mode", "side", "rows", "records", "rows_per_split")
+_INDEX_TYPES = {"id": str, "split": str, "material": str, "content": str}
+
+
+def read_info(folder: Path) -> dict:
+    """cache.json: how the cache was built and how many rows of what side it holds."""
+    path, hint = Path(folder) / CACHE_INFO, rebuild_hint("cache")
+    info = read_json(path, hint, _INFO_KEYS)
+    sizes = (info["rows"], info["side"])
+    whole = all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sizes)
+    require(whole, path, f"rows {info['rows']!r} and side {info['side']!r} must be whole", hint)
+    return info
+
+
 def read_index(folder: Path) -> pd.DataFrame:
-    path = Path(folder) / CACHE_INDEX
-    if not path.is_file():
-        raise DataError(f"{path} not found: run `heritageseg prepare` first")
-    return pd.read_csv(path, dtype={"id": str, "split": str})
+    """index.csv, one row per cached sample, checked against cache.json's row count."""
+    path, hint = Path(folder) / CACHE_INDEX, rebuild_hint("cache")
+    index = read_csv_table(path, INDEX_COLUMNS, hint, dtype=_INDEX_TYPES)
+    rows = read_info(folder)["rows"]
+    require(len(index) == rows, path, f"lists {len(index)} samples, cache.json {rows}", hint)
+    valid = index["row"].dtype.kind == "i" and index["row"].between(0, rows - 1).all()
+    require(valid, path, f"column row must hold the rows 0..{rows - 1}", hint)
+    return index
+
+
+def cache_array(folder: Path, name: str) -> np.ndarray:
+    """images.npy or masks.npy memory-mapped, its shape checked against cache.json (a file cut
+    short would fail only when mapped, with numpy's "mmap length is greater than file size")."""
+    path, hint = Path(folder) / name, rebuild_hint("cache")
+    info = read_info(folder)
+    rows, side = info["rows"], info["side"]
+    shape = (rows, side, side, 3) if name == CACHE_IMAGES else (rows, side, side)
+    require_file(path, hint)
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, EOFError, OSError):  # numpy's words would be about pickle or mmap
+        raise BrokenFile(path, "is not a whole .npy array: truncated or corrupt", hint) from None
+    expected = f"uint8 {shape}, from cache.json"
+    ok = isinstance(array, np.ndarray) and array.dtype == np.uint8 and array.shape == shape
+    require(ok, path, f"holds {getattr(array, 'dtype', '?')} {getattr(array, 'shape', '?')}, "
+            f"not {expected}", hint)  # fmt: skip
+    return array
 
 
 def iter_masks(folder: Path, split: str, chunk: int = 64) -> Iterator[np.ndarray]:
     """The masks of one split, a chunk of rows at a time straight from the memmap."""
     rows = read_index(folder).query("split == @split")["row"].to_numpy()
-    masks = np.load(Path(folder) / CACHE_MASKS, mmap_mode="r")
+    masks = cache_array(folder, CACHE_MASKS)
     for start in range(0, len(rows), chunk):
         yield np.asarray(masks[rows[start : start + chunk]])
 
@@ -236,10 +275,11 @@ def iter_masks(folder: Path, split: str, chunk: int = 64) -> Iterator[np.ndarray
 class CacheDataset:
     """The samples of one split, read from the memmap: a map-style dataset for DataLoader.
 
-    The arrays are mapped lazily, in whichever process reads first, so every DataLoader
-    worker maps the files itself and all of them share the page cache. It needs only
-    `__len__` and `__getitem__`, so this module does not import torch: `prepare`, `weights`
-    and their spawned workers start without paying torch's import time.
+    The arrays are checked and mapped when it is made; a copy sent to a DataLoader worker
+    leaves them behind and maps them again on first read, so every worker maps the files
+    itself and all of them share the page cache. It needs only `__len__` and `__getitem__`,
+    so this module does not import torch: `prepare`, `weights` and their spawned workers
+    start without paying torch's import time.
     """
 
     def __init__(self, folder: str | Path, split: str | None = None, transform=None):
@@ -252,14 +292,14 @@ class CacheDataset:
         self.transform = transform
         self._images: np.ndarray | None = None
         self._masks: np.ndarray | None = None
+        self._map()  # now, so a broken array fails here and not in a DataLoader worker
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, item: int) -> dict:
         if self._images is None:
-            self._images = np.load(self.folder / CACHE_IMAGES, mmap_mode="r")
-            self._masks = np.load(self.folder / CACHE_MASKS, mmap_mode="r")
+            self._map()
         row = int(self.rows[item])
         image = np.array(self._images[row])
         mask = np.array(self._masks[row])
@@ -267,6 +307,10 @@ class CacheDataset:
             return {"image": image, "mask": mask, "row": row}
         out = self.transform(image=image, mask=mask)
         return {"image": out["image"], "mask": out["mask"].long(), "row": row}
+
+    def _map(self) -> None:
+        self._images = cache_array(self.folder, CACHE_IMAGES)
+        self._masks = cache_array(self.folder, CACHE_MASKS)
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_images": None, "_masks": None}

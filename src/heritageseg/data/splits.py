@@ -27,6 +27,8 @@ from heritageseg.core.config import SplitConfig
 from heritageseg.core.errors import DataError
 from heritageseg.core.fileio import atomic_write_text
 from heritageseg.core.paths import FOLD_BY, SPLIT_TABLE, fold_table
+from heritageseg.core.readers import read_csv_table, require
+from heritageseg.core.rebuild import rebuild_hint
 
 SPLITS = ("train", "val", "test")
 META_COLUMNS = ("id", "material", "content")
@@ -245,6 +247,23 @@ def _deal(targets: list[int]) -> list[str]:
         counts[best] += 1
         dealt.append(SPLITS[best])
     return dealt
+
+
+# ---------------------------------------------------------------- reading
+
+
+def read_split(path: Path) -> pd.DataFrame:
+    """split.csv (id, split, material, content), every split a known one."""
+    hint = rebuild_hint("split")
+    table = read_csv_table(path, ("id", "split", *META_COLUMNS[1:]), hint)
+    unknown = sorted(set(table["split"]) - set(SPLITS))
+    require(not unknown, path, f"unknown split(s) {_listed(unknown)} (corrupt?)", hint)
+    return table
+
+
+def read_folds(path: Path) -> pd.DataFrame:
+    """A leave-one-out fold table (lo_content.csv, lo_material.csv: id, fold)."""
+    return read_csv_table(path, ("id", "fold"), rebuild_hint("split"))
 
 
 # ---------------------------------------------------------------- output

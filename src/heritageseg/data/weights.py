@@ -20,12 +20,15 @@ their mean over the 16 classes is 1, which keeps the loss on the scale of an unw
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import numpy as np
 
 from heritageseg.core.classes import BACKGROUND_ID, CLASS_NAMES, NUM_CLASSES
 from heritageseg.core.config import WeightsConfig
 from heritageseg.core.errors import ConfigError, DataError
+from heritageseg.core.readers import read_json, require
+from heritageseg.core.rebuild import rebuild_hint
 
 _CHUNK = 1 << 24  # pixels per bincount call: bounds its int64 copy to 128 MB on huge masks
 
@@ -108,3 +111,22 @@ def weights_document(counts: np.ndarray, cfg: WeightsConfig) -> dict:
         "max_ratio": float(cfg.max_ratio),
         "pixel_counts": [int(n) for n in np.asarray(counts)],
     }
+
+
+def read_class_weights(path: Path) -> list[float]:
+    """The weights of class_weights.json, one finite positive number per ARTeFACT class."""
+    hint = rebuild_hint("class_weights")
+    document = read_json(path, hint, ("classes", "weights"))
+    require(document["classes"] == list(CLASS_NAMES), path,
+            f"classes do not match the {NUM_CLASSES} ARTeFACT classes", hint)  # fmt: skip
+    weights = document["weights"]
+    numbers = (
+        isinstance(weights, list)
+        and len(weights) == NUM_CLASSES
+        and all(
+            isinstance(w, int | float) and not isinstance(w, bool) and np.isfinite(w) and w > 0
+            for w in weights
+        )
+    )
+    require(numbers, path, f"weights must be {NUM_CLASSES} finite positive numbers", hint)
+    return [float(w) for w in weights]

@@ -11,20 +11,25 @@ Two kinds of checkpoint live in `models/ARCH/`:
 from __future__ import annotations
 
 import dataclasses
-import json
+import os
 import random
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from heritageseg.core.config import ModelConfig, from_mapping
 from heritageseg.core.errors import HeritagesegError
 from heritageseg.core.fileio import atomic_dir, share, write_json
 from heritageseg.core.paths import CONFIG, RESUME, WEIGHTS
+from heritageseg.core.readers import BrokenFile, read_json, require, require_file
+from heritageseg.core.rebuild import rebuild_hint
 from heritageseg.nn.models import build_model
 
 _STATE_TENSORS = "state.safetensors"
@@ -60,10 +65,29 @@ def load_trained(folder: Path) -> Trained:
     return load_checkpoint(folder / CONFIG, folder / WEIGHTS)
 
 
+_CONFIG_KEYS = ("model", "normalization", "classes")
+
+
+def read_config(config_file: Path) -> dict:
+    """A trained model's config.json, with the sections the loader needs."""
+    config_file = Path(config_file)
+    return read_json(config_file, _model_hint(config_file), _CONFIG_KEYS)
+
+
 def read_model_config(config_file: Path) -> ModelConfig:
     """The typed `model` section of a config.json, without building anything."""
-    config = json.loads(Path(config_file).read_text())
+    config = read_config(config_file)
     return from_mapping(ModelConfig, config["model"], where=f"{config_file}: model")
+
+
+def read_tensors(path: Path, rebuild: str) -> dict[str, torch.Tensor]:
+    """A safetensors file; one cut short or overwritten is a BrokenFile naming it."""
+    require_file(path, rebuild)
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise BrokenFile(path, f"is not a whole safetensors file: truncated or corrupt ({error})",
+                         rebuild) from None  # fmt: skip
 
 
 def load_checkpoint(config_file: Path, weights_file: Path) -> Trained:
@@ -73,18 +97,26 @@ def load_checkpoint(config_file: Path, weights_file: Path) -> Trained:
     file holds every weight, so nothing is fetched (an offline cluster node evaluates).
     """
     config_file, weights_file = Path(config_file), Path(weights_file)
-    for path in (config_file, weights_file):
-        if not path.is_file():
-            raise HeritagesegError(f"{path} not found: train the model first (heritageseg train)")
-    config = json.loads(config_file.read_text())
+    config = read_config(config_file)
     model = read_model_config(config_file)
+    tensors = read_tensors(weights_file, _model_hint(weights_file))
     network = build_model(dataclasses.replace(model, encoder_weights=None))
-    network.load_state_dict(load_file(str(weights_file)))
+    try:
+        network.load_state_dict(tensors)
+    except RuntimeError as error:
+        problem = f"does not hold the weights of the model in {config_file.name}"
+        detail = str(error).splitlines()[0]
+        raise BrokenFile(weights_file, f"{problem} ({detail})", _model_hint(weights_file)) from None
     norm = config["normalization"]
     return Trained(
         network=network.eval(), model=model, mean=tuple(norm["mean"]), std=tuple(norm["std"]),
         classes=tuple(config["classes"]), config=config,
     )  # fmt: skip
+
+
+def _model_hint(path: Path) -> str:
+    """How to rebuild a file of models/ARCH (the folder's name is the architecture)."""
+    return rebuild_hint("model", Path(path).parent.name)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -114,24 +146,80 @@ def save_resume(folder: Path, objects: dict[str, Any], extra: dict) -> None:
         write_json(staging / _STATE_JSON, plain)
 
 
+class BrokenResume(BrokenFile):
+    """The resume state cannot be read back: training can set it aside and start over."""
+
+
 def resume_extra(folder: Path) -> dict | None:
     """The `extra` saved with the resume state (without loading its tensors); None if none."""
     path = folder / RESUME / _STATE_JSON
-    return json.loads(path.read_text())["extra"] if path.is_file() else None
+    if not path.exists():
+        return None
+    return _resume_json(folder)["extra"]
 
 
 def load_resume(folder: Path, objects: dict[str, Any]) -> dict | None:
-    """Restore what save_resume wrote into `objects` and the RNGs; None if nothing saved."""
+    """Restore what save_resume wrote into `objects` and the RNGs; None if nothing saved.
+
+    Everything is read and decoded before anything is restored, so a broken state
+    (BrokenResume) leaves `objects` untouched.
+    """
     state = folder / RESUME
-    if not (state / _STATE_JSON).is_file():
+    if not (state / _STATE_JSON).exists():
         return None
-    tensors = load_file(str(state / _STATE_TENSORS))
-    plain = json.loads((state / _STATE_JSON).read_text())
-    for name, obj in objects.items():
-        if obj is not None and name in plain:
-            unwrap(obj).load_state_dict(_join(plain[name], tensors))
-    _set_rng_state(plain["rng"], tensors)
+    plain = _resume_json(folder)
+    tensors = _resume_tensors(folder)
+    try:
+        restored = {name: _join(plain[name], tensors) for name, obj in objects.items()
+                    if obj is not None and name in plain}  # fmt: skip
+        rng = _decode_rng_state(plain["rng"], tensors)
+    except (KeyError, TypeError, ValueError, IndexError) as error:
+        raise BrokenResume(state, f"does not hold a whole training state (no {error})",
+                           _resume_hint(folder)) from None  # fmt: skip
+    for name, value in restored.items():
+        unwrap(objects[name]).load_state_dict(value)
+    _set_rng_state(rng)
     return plain["extra"]
+
+
+def set_aside_resume(folder: Path) -> Path:
+    """Move a broken resume state out of the way, kept for a look: `resume.corrupt-<time>`."""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    target = folder / f"{RESUME}.corrupt-{stamp}"
+    suffix = 1
+    while target.exists():
+        target, suffix = folder / f"{RESUME}.corrupt-{stamp}-{suffix}", suffix + 1
+    os.replace(folder / RESUME, target)
+    return target
+
+
+def _resume_json(folder: Path) -> dict:
+    path = folder / RESUME / _STATE_JSON
+
+    def read(hint: str) -> dict:
+        plain = read_json(path, hint, ("extra", "rng"))
+        sections = all(isinstance(plain[key], dict) for key in ("extra", "rng"))
+        require(sections, path, "its extra and rng are not objects", hint)
+        return plain
+
+    return _as_resume(read, folder)
+
+
+def _resume_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    path = folder / RESUME / _STATE_TENSORS
+    return _as_resume(lambda hint: read_tensors(path, hint), folder)
+
+
+def _as_resume(read: Callable[[str], Any], folder: Path) -> Any:
+    """`read(hint)`, its BrokenFile turned into a BrokenResume (which training sets aside)."""
+    try:
+        return read(_resume_hint(folder))
+    except BrokenFile as error:
+        raise BrokenResume(error.path, error.problem, error.rebuild) from None
+
+
+def _resume_hint(folder: Path) -> str:
+    return f"start over with `heritageseg train --arch {Path(folder).name} --fresh`"
 
 
 def _split(value: Any, key: str, tensors: dict[str, torch.Tensor]) -> Any:
@@ -194,12 +282,22 @@ def _rng_state(tensors: dict[str, torch.Tensor]) -> dict:
     }
 
 
-def _set_rng_state(plain: dict, tensors: dict[str, torch.Tensor]) -> None:
-    torch.set_rng_state(tensors["rng.torch"])
-    for index in range(min(plain["cuda_devices"], torch.cuda.device_count())):
-        torch.cuda.set_rng_state(tensors[f"rng.cuda.{index}"], index)
+def _decode_rng_state(plain: dict, tensors: dict[str, torch.Tensor]) -> tuple:
+    """The saved RNG states (torch, CUDA, numpy, python), ready to set; KeyError, TypeError
+    or ValueError when they are not whole."""
+    devices = min(plain["cuda_devices"], torch.cuda.device_count())
+    cuda = [tensors[f"rng.cuda.{index}"] for index in range(devices)]
     kind, position, has_gauss, cached = plain["numpy"]
     keys = tensors["rng.numpy"].numpy().astype(np.uint32)
-    np.random.set_state((kind, keys, position, has_gauss, cached))
     version, state, gauss = plain["python"]
-    random.setstate((version, tuple(state), gauss))
+    python = (version, tuple(state), gauss)
+    return tensors["rng.torch"], cuda, (kind, keys, position, has_gauss, cached), python
+
+
+def _set_rng_state(decoded: tuple) -> None:
+    torch_state, cuda, numpy_state, python_state = decoded
+    torch.set_rng_state(torch_state)
+    for index, state in enumerate(cuda):
+        torch.cuda.set_rng_state(state, index)
+    np.random.set_state(numpy_state)
+    random.setstate(python_state)

@@ -33,6 +33,8 @@ from heritageseg.core.config import Params, TrackingConfig, flatten_keys
 from heritageseg.core.errors import HeritagesegError
 from heritageseg.core.fileio import sha256_file, write_json
 from heritageseg.core.paths import CONFIG, HISTORY, MANIFEST, METRICS_FILE, RUN_FILE, TRAIN_METRICS
+from heritageseg.core.readers import read_json
+from heritageseg.core.rebuild import rebuild_hint
 
 DEFAULT_URI = "sqlite:///mlruns/mlflow.db"
 BENCHMARK_ENV = "HERITAGESEG_BENCHMARK"
@@ -300,7 +302,8 @@ def training_run(
     with failing_run(tracker.run_id):
         yield tracker
     write_json(out / RUN_FILE, tracker.run_file)
-    finish_training(tracker, out, json.loads((out / TRAIN_METRICS).read_text()))
+    summary = read_json(out / TRAIN_METRICS, rebuild_hint("model", out.name))
+    finish_training(tracker, out, summary)
 
 
 def _stage_params(params: Params, arch: str) -> dict[str, str]:
@@ -345,7 +348,9 @@ def _finish_training(tracker: RunTracker, model_dir: Path, summary: dict) -> Non
     client = MlflowClient()
     if not tracker.flush():
         raise TrackingError(f"{len(tracker.pending)} epoch metrics left unsent")
-    config = json.loads((model_dir / CONFIG).read_text())
+    from heritageseg.nn.checkpoint import read_config  # torch: only once training is done
+
+    config = read_config(model_dir / CONFIG)
     resolved = {k: v for k, v in flatten(config, "config").items() if not k.startswith(
         ("config.train.", "config.augment.", "config.model."))}  # fmt: skip
     log_params(tracker.run_id, resolved)
@@ -380,9 +385,15 @@ def failing_run(run_id: str | None) -> Iterator[None]:
         raise
 
 
+RUN_FILE_KEYS = ("run_id", "parent_run_id", "experiment_id", "benchmark")
+
+
 def read_run_file(model_dir: Path) -> dict | None:
+    """models/ARCH/mlflow.json, the run that trained the model; None when not tracked."""
     path = model_dir / RUN_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.exists():
+        return None
+    return read_json(path, rebuild_hint("run_file", model_dir.name), RUN_FILE_KEYS)
 
 
 # ---------------------------------------------------------------- evaluation

@@ -34,7 +34,8 @@ from heritageseg.core.paths import (
     SPLIT_TABLE,
 )
 from heritageseg.data.artefact import decode_record, iter_parquet
-from heritageseg.data.cache import CacheDataset, read_split
+from heritageseg.data.cache import CacheDataset
+from heritageseg.data.splits import read_split
 from heritageseg.data.transforms import eval_transform
 from heritageseg.infer.window import Predict, model_predictor, sliding_window_predict
 from heritageseg.nn.checkpoint import Trained, load_trained

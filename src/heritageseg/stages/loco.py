@@ -32,7 +32,10 @@ from heritageseg.core.paths import (
     METRICS_FILE,
     fold_table,
 )
+from heritageseg.core.readers import require
+from heritageseg.core.rebuild import rebuild_hint
 from heritageseg.data.cache import iter_masks, read_index
+from heritageseg.data.splits import read_folds
 from heritageseg.data.weights import pixel_counts, weights_document
 from heritageseg.stages.evaluate import run_evaluation, write_evaluation
 from heritageseg.stages.train import run_training
@@ -70,8 +73,11 @@ def run_leave_one_out(
     """Train and test `arch` once per held-out value; return (and write) the summary."""
     if by not in FOLD_BY:
         raise DataError(f"leave-one-out by {by!r}: choose one of {', '.join(FOLD_BY)}")
-    folds = pd.read_csv(splits / fold_table(by), dtype=str)
+    folds = read_folds(splits / fold_table(by))
     index = read_index(cache)
+    missing = sorted(set(index["id"]) - set(folds["id"]))
+    problem = f"{len(missing)} cached id(s) have no fold (e.g. {missing[:1]}): stale or cut short"
+    require(not missing, splits / fold_table(by), problem, rebuild_hint("split"))
     params = replace(params, evaluate=replace(params.evaluate, resolution="prepared"))
     results = {}
     for value in sorted(folds["fold"].unique()):

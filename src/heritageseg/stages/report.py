@@ -34,7 +34,7 @@ from heritageseg.core.paths import (
 from heritageseg.nn.metrics import majority_baseline_miou, paired_bootstrap
 from heritageseg.nn.models import family
 from heritageseg.stages import pictures
-from heritageseg.stages.results import read_metrics, read_training
+from heritageseg.stages.results import read_metrics, read_per_image, read_training
 
 
 @dataclass
@@ -79,17 +79,10 @@ def load_result(arch: str, metrics: Path, models: Path) -> ArchResult | None:
         encoder=training["encoder"],
         training=training,
         metrics=documents,
-        per_image=_per_image(folder / PER_IMAGE, documents),
+        per_image=read_per_image(folder / PER_IMAGE, documents),
         history=_history(model_dir / HISTORY),
         plots={p.name: p for p in sorted((folder / PLOTS).glob("*.png"))},
     )
-
-
-def _per_image(path: Path, documents: dict[str, dict]) -> dict:
-    if not path.is_file():
-        raise HeritagesegError(f"{path} not found: rerun `heritageseg evaluate` (it writes it)")
-    with np.load(path) as saved:
-        return {key: (list(saved[f"{key}_ids"]), saved[key]) for key in documents if key in saved}
 
 
 def _history(path: Path) -> list[dict]:

@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from heritageseg.core.classes import CLASS_NAMES
 from heritageseg.core.config import ARCHS
 from heritageseg.core.errors import HeritagesegError
 from heritageseg.core.paths import MANIFEST
+from heritageseg.core.readers import read_json
+from heritageseg.core.rebuild import rebuild_hint
 from heritageseg.nn.metrics import majority_baseline_miou
 from heritageseg.stages.results import read_metrics, read_training
 
+MANIFEST_KEYS = (
+    "records", "source", "shards", "checksum", "rejected", "image_size", "class_pixels",
+    "content_counts", "material_counts",
+)  # fmt: skip
+"""What the summary reads of data/raw/manifest.json."""
+
 
 def read_manifest(raw: Path) -> dict:
-    path = raw / MANIFEST
-    if not path.is_file():
+    path, hint = raw / MANIFEST, rebuild_hint("manifest")
+    if not path.exists():
         raise HeritagesegError(f"{path} does not exist: run `dvc repro` (or make repro)")
-    return json.loads(path.read_text())
+    return read_json(path, hint, MANIFEST_KEYS)
 
 
 def result_rows(models: Path, metrics: Path) -> list[dict]:

@@ -17,6 +17,7 @@ import json
 import os
 import random
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -32,10 +33,18 @@ from heritageseg.core.classes import CLASS_NAMES
 from heritageseg.core.config import Params
 from heritageseg.core.errors import HeritagesegError
 from heritageseg.core.fileio import atomic_write_text, write_json
-from heritageseg.core.paths import CACHE_INFO, HISTORY, TRAIN_METRICS
-from heritageseg.data.cache import CacheDataset
+from heritageseg.core.paths import HISTORY, TRAIN_METRICS
+from heritageseg.data.cache import CacheDataset, read_info
 from heritageseg.data.transforms import eval_transform, normalization, train_transform
-from heritageseg.nn.checkpoint import load_resume, resume_extra, save_resume, save_weights
+from heritageseg.data.weights import read_class_weights
+from heritageseg.nn.checkpoint import (
+    BrokenResume,
+    load_resume,
+    resume_extra,
+    save_resume,
+    save_weights,
+    set_aside_resume,
+)
 from heritageseg.nn.engine import (
     evaluate,
     peak_memory_mb,
@@ -196,7 +205,7 @@ def run_training(
     device_ = pick_device(rank, device)
     seed_everything(cfg.seed + rank.rank)
     precision = resolve_precision(cfg.precision, device_)
-    cache_info = json.loads((cache / CACHE_INFO).read_text())
+    cache_info = read_info(cache)
     mean, std = normalization(model_cfg.encoder)
     train_set, val_set = _datasets(params, arch, cache, cache_info, mean, std)
     model, ddp_model = _network(model_cfg, cfg.channels_last, rank, device_)
@@ -344,18 +353,34 @@ def _advance(state: dict, row: dict, epoch: int, val_miou: float) -> None:
 
 
 def _start_state(out: Path, objects: dict, fingerprint: str, fresh: bool) -> dict:
-    """A new state, or the saved one when resuming the same params and data."""
+    """A new state, or the saved one when resuming the same params and data; a saved state
+    that cannot be read back is set aside (kept for a look) and training starts over."""
     state = {"epoch": 0, "history": [], "best_miou": -1.0, "best_epoch": 0,
              "bad_epochs": 0, "train_seconds": 0.0}  # fmt: skip
-    saved_fingerprint = None if fresh else _resume_fingerprint(out)
-    if saved_fingerprint is not None and saved_fingerprint != fingerprint:
-        print(f"{out}/resume was saved with other params or data: starting over", flush=True)
-    elif saved_fingerprint is not None:
-        saved = load_resume(out, objects) or {}
-        saved.pop("fingerprint", None)
+    try:
+        saved = None if fresh else _saved_state(out, objects, fingerprint)
+    except BrokenResume as error:
+        moved = set_aside_resume(out)
+        print(f"warning: {error.path}: {error.problem}; set aside as {moved}, starting over",
+              file=sys.stderr, flush=True)  # fmt: skip
+        saved = None
+    if saved is not None:
         state.update(saved)
         print(f"resuming {out} after epoch {state['epoch']}", flush=True)
     return state
+
+
+def _saved_state(out: Path, objects: dict, fingerprint: str) -> dict | None:
+    """The saved state restored into `objects`, when it was saved with the same params."""
+    saved_fingerprint = _resume_fingerprint(out)
+    if saved_fingerprint is None:
+        return None
+    if saved_fingerprint != fingerprint:
+        print(f"{out}/resume was saved with other params or data: starting over", flush=True)
+        return None
+    saved = load_resume(out, objects) or {}
+    saved.pop("fingerprint", None)
+    return saved
 
 
 def _resume_fingerprint(out: Path) -> str | None:
@@ -391,12 +416,7 @@ def _build_scheduler(kind: str, optimizer, lr: float, epochs: int, steps: int):
 
 
 def _load_class_weights(path: Path) -> torch.Tensor:
-    if not path.is_file():
-        raise HeritagesegError(f"{path} not found: run `heritageseg weights` first")
-    document = json.loads(path.read_text())
-    if document.get("classes") != list(CLASS_NAMES):
-        raise HeritagesegError(f"{path}: classes do not match the 16 ARTeFACT classes")
-    return torch.tensor(document["weights"], dtype=torch.float32)
+    return torch.tensor(read_class_weights(path), dtype=torch.float32)
 
 
 def _resolved_config(params, arch, mean, std, cache_info, precision, lr) -> dict:
