@@ -132,6 +132,7 @@ FIXTURE_MARKS = {
     "ui_server": "server",  # test_tracking.py
     "tracked": "training",  # test_tracking.py: train + evaluate through the CLI
     "evaluated": "training",  # test_report.py: two architectures trained and evaluated
+    "trained_project": "training",  # test_mistakes.py: a segformer trained for one epoch
 }
 """Markers that follow from a fixture: a test using one (directly or through another fixture)
 needs what the fixture starts or trains, so `make test-fast` leaves it out undecorated."""

@@ -386,6 +386,11 @@ def _evaluate(args: argparse.Namespace) -> None:
          "splits": Path(args.splits), "model_dir": Path(args.models) / arch, "split": split}
         for arch in archs
     ]  # fmt: skip
+    if params.tracking.enabled:  # a broken run file fails now, not after the evaluation
+        from heritageseg.ops.tracking import read_run_file
+
+        for call in calls:
+            read_run_file(call["model_dir"])
     results = run_jobs(run_evaluation, calls, name=f"evaluate-{args.arch}", **_launch(args, params))
     for arch, evaluation in zip(archs, results, strict=True):
         write_evaluation(evaluation, Path(args.out) / arch)
