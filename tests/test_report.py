@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 
 from heritageseg.core.config import load_params
 from heritageseg.core.errors import HeritagesegError
+from heritageseg.core.fileio import process_umask
 from heritageseg.nn.metrics import majority_baseline_miou, paired_bootstrap
 from heritageseg.stages.evaluate import run_evaluation, write_evaluation
 from heritageseg.stages.report import run_report
@@ -87,6 +89,22 @@ def test_comparisons_are_the_paired_bootstrap_of_the_saved_matrices(evaluated, r
         assert (pair["a"], pair["b"]) == ("convnext", "segformer")
         assert pair["difference"] == pytest.approx(expected["difference"])
         assert pair["ci95"] == pytest.approx(expected["ci95"])
+
+
+def test_models_metrics_and_reports_are_readable_by_the_team(evaluated, report):
+    """Trained for real, evaluated, reported: under a umask that lets others read (022 on
+    most systems), every file is readable and every folder listable by group and others."""
+    if process_umask() & 0o055:
+        pytest.skip(f"umask {process_umask():03o} hides files from others by choice")
+    hidden = [
+        f"{path.relative_to(evaluated)} {stat.filemode(path.stat().st_mode)}"
+        for folder in ("models", "metrics", "reports")
+        for path in (evaluated / folder).rglob("*")
+        if (path.stat().st_mode & 0o044) != 0o044
+        or (path.is_dir() and (path.stat().st_mode & 0o011) != 0o011)
+    ]
+    assert not hidden
+    assert (report / "index.html").is_file() and (evaluated / "models" / "convnext").is_dir()
 
 
 def test_html_is_self_contained(report):
