@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from heritageseg.core import paths
 from heritageseg.core.classes import CLASS_NAMES
 from heritageseg.core.config import load_params
 from heritageseg.data.cache import CacheDataset
@@ -102,6 +103,35 @@ def test_hierarchical_heads_train_and_validate(tiny, tmp_path):
     result = _train(tiny, tmp_path / "h", epochs=1, segformer=segformer)
     assert 0.0 <= result.best_val_miou <= 1.0
     assert "net.segmentation_head" in " ".join(load_file(str(result.out / "model.safetensors")))
+
+
+class NodeLost(RuntimeError):
+    pass
+
+
+def _lose_the_node(row: dict) -> None:
+    raise NodeLost(f"after epoch {row['epoch']}")
+
+
+@pytest.mark.training
+def test_a_training_that_fails_leaves_the_published_model_as_it_was(tiny, tmp_path):
+    """The model a failed run would replace stays, byte for byte, until a run ends; the
+    failed run's progress is kept (candidate + resume state) and the next run finishes it."""
+    out = tmp_path / "segformer"
+    _train(tiny, out, epochs=1)
+    published = (paths.WEIGHTS, paths.CONFIG, paths.HISTORY, paths.TRAIN_METRICS)
+    before = {name: (out / name).read_bytes() for name in published}
+    params = load_params(tiny / "params.yaml")
+    params = dataclasses.replace(params, train=dataclasses.replace(params.train, epochs=2))
+    args = (params, "segformer", tiny / "data" / "cache", tiny / "data" / "class_weights.json")
+    with pytest.raises(NodeLost):
+        run_training(*args, out, fresh=True, progress=False, on_epoch=_lose_the_node)
+    assert {name: (out / name).read_bytes() for name in published} == before
+    assert (out / paths.CANDIDATE / paths.WEIGHTS).is_file()
+    run_training(*args, out, progress=False)  # resumes after epoch 1, publishes at the end
+    assert not (out / paths.CANDIDATE).exists()
+    assert len((out / paths.HISTORY).read_text().splitlines()) == 1 + 2
+    assert (out / paths.WEIGHTS).read_bytes() != before[paths.WEIGHTS]
 
 
 def _train_command(tiny: Path, out: Path) -> list[str]:

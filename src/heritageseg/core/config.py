@@ -333,16 +333,6 @@ class Params:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
 
-    def __post_init__(self) -> None:
-        tile = min(self.train.model(arch).image_size for arch in ARCHS)
-        native = self.evaluate.resolution != "prepared"
-        if native and self.evaluate.tile_overlap >= tile:
-            raise FieldError(
-                "evaluate.tile_overlap",
-                self.evaluate.tile_overlap,
-                f"need < the smallest train.ARCH.image_size ({tile}), the window's side",
-            )
-
 
 def load_params(path: str | Path) -> Params:
     """Read a params file; keys it leaves out keep the defaults (equal to the laptop

@@ -48,6 +48,7 @@ CACHE_INFO = "cache.json"
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 RESUME = "resume"  # the last epoch's full training state (a folder)
+CANDIDATE = "candidate"  # a running training's best weights and history: published at its end
 HISTORY = "history.csv"
 TRAIN_METRICS = "train_metrics.json"
 RUN_FILE = "mlflow.json"  # the MLflow run that trained it

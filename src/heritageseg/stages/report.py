@@ -8,7 +8,6 @@ over the per-image confusion matrices that `evaluate` saved, on the images both 
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import itertools
 from dataclasses import dataclass, field
@@ -23,7 +22,6 @@ from heritageseg.core.paths import (
     BENCHMARK_MD,
     COMPARISONS,
     FIGURES,
-    HISTORY,
     INDEX_HTML,
     METRICS_FILE,
     PER_IMAGE,
@@ -34,7 +32,7 @@ from heritageseg.core.paths import (
 from heritageseg.nn.metrics import majority_baseline_miou, paired_bootstrap
 from heritageseg.nn.models import family
 from heritageseg.stages import pictures
-from heritageseg.stages.results import read_metrics, read_per_image, read_training
+from heritageseg.stages.results import read_history, read_metrics, read_per_image, read_training
 
 
 @dataclass
@@ -80,16 +78,9 @@ def load_result(arch: str, metrics: Path, models: Path) -> ArchResult | None:
         training=training,
         metrics=documents,
         per_image=read_per_image(folder / PER_IMAGE, documents),
-        history=_history(model_dir / HISTORY),
+        history=read_history(model_dir, training["epochs_run"]),
         plots={p.name: p for p in sorted((folder / PLOTS).glob("*.png"))},
     )
-
-
-def _history(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    with path.open(newline="") as stream:
-        return list(csv.DictReader(stream))
 
 
 def compare(

@@ -8,9 +8,16 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
-from heritageseg.core.paths import CONFIG, RESOLUTION_FILES, TRAIN_METRICS
-from heritageseg.core.readers import BrokenFile, read_json, require, require_file
+from heritageseg.core.paths import CONFIG, HISTORY, RESOLUTION_FILES, TRAIN_METRICS
+from heritageseg.core.readers import (
+    BrokenFile,
+    read_csv_table,
+    read_json,
+    require,
+    require_file,
+)
 from heritageseg.core.rebuild import rebuild_hint
 from heritageseg.nn.checkpoint import read_model_config
 from heritageseg.nn.models import family
@@ -35,6 +42,25 @@ def read_training(model_dir: Path) -> dict | None:
     encoder = read_model_config(model_dir / CONFIG).encoder
     training = read_json(path, rebuild_hint("model", model_dir.name), TRAIN_METRICS_KEYS)
     return {**training, "encoder": encoder, "family": family(encoder)}
+
+
+HISTORY_KEYS = ("epoch", "train_loss", "val_loss", "val_miou")
+"""What the report's training curves read of history.csv."""
+
+
+def read_history(model_dir: Path, epochs: int) -> list[dict]:
+    """history.csv's rows, one per epoch run (train_metrics.json's `epochs_run`, so a file
+    cut at a line end is caught too); [] for a model trained before it existed."""
+    path = model_dir / HISTORY
+    if not path.exists():
+        return []
+    hint = rebuild_hint("model", model_dir.name)
+    table = read_csv_table(path, HISTORY_KEYS, hint)
+    require(len(table) == epochs, path, f"has {len(table)} row(s) for {epochs} epoch(s)", hint)
+    for key in HISTORY_KEYS:
+        numbers = pd.to_numeric(table[key], errors="coerce")
+        require(bool(numbers.notna().all()), path, f"column {key} holds a non-number", hint)
+    return table.to_dict("records")
 
 
 def read_metrics(folder: Path) -> dict[str, dict]:

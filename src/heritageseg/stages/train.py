@@ -16,6 +16,7 @@ import io
 import json
 import os
 import random
+import shutil
 import signal
 import sys
 import threading
@@ -33,7 +34,7 @@ from heritageseg.core.classes import CLASS_NAMES
 from heritageseg.core.config import Params
 from heritageseg.core.errors import HeritagesegError
 from heritageseg.core.fileio import atomic_write_text, write_json
-from heritageseg.core.paths import HISTORY, TRAIN_METRICS
+from heritageseg.core.paths import CANDIDATE, CONFIG, HISTORY, TRAIN_METRICS, WEIGHTS
 from heritageseg.data.cache import CacheDataset, read_info
 from heritageseg.data.transforms import eval_transform, normalization, train_transform
 from heritageseg.data.weights import read_class_weights
@@ -218,7 +219,7 @@ def run_training(
     fingerprint = _fingerprint(params, arch, cache_info)
     objects = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
 
-    state = _start_state(out, objects, fingerprint, fresh)
+    state = _start_state(out, objects, fingerprint, fresh, rank.is_main)
     config = _resolved_config(params, arch, mean, std, cache_info, precision, lr)
     config["params_m"] = count_parameters(model)
     loader = functools.partial(
@@ -272,6 +273,7 @@ def run_training(
         history=state["history"],
     )
     if rank.is_main:
+        _publish(out)
         write_json(out / TRAIN_METRICS, _train_metrics(result, state, config))
     if rank.world > 1:
         dist.barrier()
@@ -319,14 +321,28 @@ def _epoch_row(epoch: int, train_stats, val_stats, val_miou: float, optimizer, d
 def _save_epoch(
     out: Path, model, objects: dict, state: dict, config: dict, fingerprint: str
 ) -> None:
-    """The best weights (when this epoch is the best), the resume state and the history."""
+    """The best weights (when this epoch is the best) and the history, as the candidate that
+    `_publish` moves into `out` when training ends; the resume state beside them."""
     row = state["history"][-1]
+    candidate = out / CANDIDATE
     with signals_deferred():  # a Slurm USR2 (requeue) never lands mid-save
         if state["best_epoch"] == row["epoch"]:
             best = {"best_epoch": row["epoch"], "val_miou": row["val_miou"]}
-            save_weights(model, out, {**config, **best})
+            save_weights(model, candidate, {**config, **best})
+        _write_history(candidate / HISTORY, state["history"])
         save_resume(out, objects, {**state, "fingerprint": fingerprint})
-        _write_history(out / HISTORY, state["history"])
+
+
+def _publish(out: Path) -> None:
+    """Move the candidate's weights, config and history into `out`: until a training ends,
+    its folder keeps the previous model (a failed or killed run leaves it as it was)."""
+    candidate = out / CANDIDATE
+    if not candidate.is_dir():
+        return  # nothing trained in this call (a finished run resumed): the model stands
+    for name in (WEIGHTS, CONFIG, HISTORY):
+        if (candidate / name).is_file():
+            os.replace(candidate / name, out / name)
+    shutil.rmtree(candidate, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -352,17 +368,18 @@ def _advance(state: dict, row: dict, epoch: int, val_miou: float) -> None:
         state["bad_epochs"] += 1
 
 
-def _start_state(out: Path, objects: dict, fingerprint: str, fresh: bool) -> dict:
+def _start_state(out: Path, objects: dict, fingerprint: str, fresh: bool, main: bool) -> dict:
     """A new state, or the saved one when resuming the same params and data; a saved state
     that cannot be read back is set aside (kept for a look) and training starts over."""
     state = {"epoch": 0, "history": [], "best_miou": -1.0, "best_epoch": 0,
              "bad_epochs": 0, "train_seconds": 0.0}  # fmt: skip
     try:
         saved = None if fresh else _saved_state(out, objects, fingerprint)
-    except BrokenResume as error:
-        moved = set_aside_resume(out)
-        print(f"warning: {error.path}: {error.problem}; set aside as {moved}, starting over",
-              file=sys.stderr, flush=True)  # fmt: skip
+    except BrokenResume as error:  # every rank starts over; the main one moves the state
+        if main:
+            moved = set_aside_resume(out)
+            print(f"warning: {error.path}: {error.problem}; set aside as {moved}, starting over",
+                  file=sys.stderr, flush=True)  # fmt: skip
         saved = None
     if saved is not None:
         state.update(saved)
