@@ -78,15 +78,19 @@ def screenshot(
     return out
 
 
+def _colours(path: Path) -> np.ndarray:
+    """One 0xRRGGBB integer per pixel: np.unique over these is 20x faster than over rows."""
+    rgb = np.asarray(Image.open(path).convert("RGB")).reshape(-1, 3).astype(np.uint32)
+    return (rgb[:, 0] << 16) | (rgb[:, 1] << 8) | rgb[:, 2]
+
+
 def ink(path: Path) -> float:
     """Share of pixels that differ from the page's most common colour (0 = blank page)."""
-    pixels = np.asarray(Image.open(path).convert("RGB")).reshape(-1, 3)
-    colours, counts = np.unique(pixels, axis=0, return_counts=True)
-    background = colours[counts.argmax()]
-    return float(np.any(pixels != background, axis=1).mean())
+    pixels = _colours(path)
+    colours, counts = np.unique(pixels, return_counts=True)
+    return float((pixels != colours[counts.argmax()]).mean())
 
 
 def distinct_colours(path: Path) -> int:
     """How many colours the screenshot uses (a page of pictures uses many)."""
-    pixels = np.asarray(Image.open(path).convert("RGB")).reshape(-1, 3)
-    return len(np.unique(pixels, axis=0))
+    return len(np.unique(_colours(path)))
