@@ -544,7 +544,13 @@ def trained_project(tiny_project: Path, tmp_path_factory: pytest.TempPathFactory
     return root
 
 
-@pytest.mark.parametrize("mistake", MISTAKES, ids=[m.name for m in MISTAKES])
+def _marked(mistake: Mistake):
+    """A row on the trained project needs its training: `make test-fast` leaves it out."""
+    marks = [pytest.mark.training] if mistake.project == "trained" else []
+    return pytest.param(mistake, marks=marks, id=mistake.name)
+
+
+@pytest.mark.parametrize("mistake", [_marked(m) for m in MISTAKES])
 def test_a_mistake_is_a_clear_message(mistake: Mistake, request, tmp_path: Path):
     source = request.getfixturevalue(
         "trained_project" if mistake.project == "trained" else "tiny_project"
