@@ -76,8 +76,11 @@ def read_config(config_file: Path) -> dict:
 
 def read_model_config(config_file: Path) -> ModelConfig:
     """The typed `model` section of a config.json, without building anything."""
-    config = read_config(config_file)
-    return from_mapping(ModelConfig, config["model"], where=f"{config_file}: model")
+    return _typed_model(read_config(config_file), config_file)
+
+
+def _typed_model(config: dict, config_file: Path) -> ModelConfig:
+    return from_mapping(ModelConfig, config["model"], where=str(config_file), prefix="model.")
 
 
 def read_tensors(path: Path, rebuild: str) -> dict[str, torch.Tensor]:
@@ -98,7 +101,7 @@ def load_checkpoint(config_file: Path, weights_file: Path) -> Trained:
     """
     config_file, weights_file = Path(config_file), Path(weights_file)
     config = read_config(config_file)
-    model = read_model_config(config_file)
+    model = _typed_model(config, config_file)
     tensors = read_tensors(weights_file, _model_hint(weights_file))
     network = build_model(dataclasses.replace(model, encoder_weights=None))
     try:

@@ -227,13 +227,18 @@ def _pick_version(versions: list, version: str | None, uri: str):
     """The newest of `versions`, or the one numbered `version`."""
     if version is None:
         return max(versions, key=lambda v: int(v.version))
-    found = [v for v in versions if int(v.version) == int(version)]
-    if not found:
+    found = _numbered(versions, version)
+    if found is None:
         raise TrackingError(
             f"{versions[0].name} has no version {version} in the registry of {uri} "
             f"(its versions: {_numbers(versions)})"
         )
-    return found[0]
+    return found
+
+
+def _numbered(versions: list, number: str):
+    """The version numbered `number`, or None."""
+    return next((v for v in versions if int(v.version) == int(number)), None)
 
 
 def check_registered(cfg: TrackingConfig, model_uri: str) -> None:
@@ -264,7 +269,7 @@ def _missing_version(client, name: str, alias: str | None, number: str | None) -
     versions = client.search_model_versions(f"name = '{name}'")
     if not versions:
         return "no registered version"
-    if number is not None and all(int(v.version) != int(number) for v in versions):
+    if number is not None and _numbered(versions, number) is None:
         return f"no version {number} (its versions: {_numbers(versions)})"
     if alias is not None and _by_alias(client, name, alias) is None:
         return f"no version with alias {alias!r}"

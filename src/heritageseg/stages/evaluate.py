@@ -91,18 +91,13 @@ def score_prepared(
     return Scored(list(per_image.index), np.stack(per_image.to_list()), seconds, len(dataset))
 
 
-def _check_overlap(overlap: int, tile: int) -> None:
-    if not 0 <= overlap < tile:
-        raise ConfigError(f"evaluate.tile_overlap={overlap}: need 0 <= overlap < {tile} (tile)")
-
-
 def score_native(
     predict: Predict, raw: Path, split_ids: set[str], trained: Trained, batch_size: int,
     overlap: int,
 ) -> Scored:  # fmt: skip
-    """Every original image of the split, predicted at full size by the sliding window."""
+    """Every original image of the split, predicted at full size by the sliding window
+    (`overlap` checked against the tile by run_evaluation, before any work)."""
     tile = trained.model.image_size
-    _check_overlap(overlap, tile)
     ids, matrices, seconds, images = [], [], 0.0, 0
     for record in _records(raw, split_ids):
         start = time.perf_counter()
@@ -155,9 +150,11 @@ def run_evaluation(
     """Score `arch` at the resolutions params ask for, and predict the picture samples."""
     cfg = params.evaluate
     trained = load_trained(model_dir)
-    native = cfg.resolution in ("native", "both")
-    if native:  # before any work: the window's side is the trained model's
-        _check_overlap(cfg.tile_overlap, trained.model.image_size)
+    native, tile = cfg.resolution in ("native", "both"), trained.model.image_size
+    if native and not 0 <= cfg.tile_overlap < tile:  # the window's side is the model's
+        raise ConfigError(
+            f"evaluate.tile_overlap={cfg.tile_overlap}: need 0 <= overlap < {tile} (tile)"
+        )
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = trained.network.to(device)
     predict = evaluation_predictor(
