@@ -28,6 +28,7 @@ from heritageseg.core.config import TrackingConfig, load_params
 from heritageseg.ops import registry, tracking
 from heritageseg.stages.predict import damage_report
 from tests.browser import chromium, ink, screenshot
+from tests.images import header_only_png
 
 from .conftest import ARTIFACTS, BIN, ROOT
 
@@ -238,6 +239,25 @@ def test_production_model_predicts_damage_maps_in_a_fresh_process(tracked, store
         Image.open(tmp_path / "maps" / "wide.png")
     )
     assert same.mean() > 0.99  # onnxruntime and eager PyTorch agree to ~1e-6 in the logits
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    grey = np.random.default_rng(3).integers(0, 256, (30, 40), dtype=np.uint8)
+    Image.fromarray(grey.astype(np.uint16) * 257).save(folder / "archive16.png")
+    (folder / "empty.png").write_bytes(b"")
+    header_only_png(folder / "huge.png", 40_000, 30_000)
+    skipped = subprocess.run(
+        [*predict, str(folder), "--out", str(tmp_path / "many"), "--on-error", "skip"],
+        env=_env(store), capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert skipped.returncode == 2, skipped.stderr[-3000:]
+    assert "2 image(s) skipped" in skipped.stderr and "Traceback" not in skipped.stderr
+    assert f"{folder / 'empty.png'}: empty file (0 bytes)" in skipped.stderr
+    assert "40000 x 30000 = 1,200,000,000 pixels is over the limit" in skipped.stderr
+    assert sorted(p.name for p in (tmp_path / "many").iterdir()) == [
+        "archive16.json", "archive16.png", "archive16_overlay.png"
+    ]  # fmt: skip
+    report = json.loads((tmp_path / "many" / "archive16.json").read_text())
+    assert (report["width"], report["height"]) == (40, 30)
 
 
 def test_a_benchmark_command_run_keeps_its_figures_and_files(tmp_path, monkeypatch):
@@ -323,6 +343,11 @@ def test_served_production_model_answers_a_rest_prediction(tracked, store, tmp_p
         assert (prediction["height"], prediction["width"]) == (50, 90)
         mask = Image.open(io.BytesIO(base64.b64decode(prediction["mask"])))
         assert mask.mode == "L" and mask.size == (90, 50)
+        huge = base64.b64encode(header_only_png(tmp_path / "huge.png", 40_000, 30_000).read_bytes())
+        body = {"dataframe_split": {"columns": ["image"], "data": [[huge.decode()]]}}
+        refused = requests.post(f"http://127.0.0.1:{port}/invocations", json=body, timeout=30)
+        assert refused.status_code == 400, refused.text[-2000:]
+        assert "40000 x 30000 = 1,200,000,000 pixels is over the limit" in refused.text
     finally:
         _stop(server)
 

@@ -198,10 +198,16 @@ def _add_mlflow_commands(commands) -> None:
     promote.set_defaults(handler=_promote)
 
     predict = commands.add_parser("predict", help="damage maps of images of any size")
-    predict.add_argument("images", nargs="+", type=Path, help="PNG/JPEG/TIFF images")
+    predict.add_argument(
+        "images", nargs="+", type=Path, help="image files (PNG/JPEG/TIFF...) or folders of them"
+    )
     predict.add_argument("--model", default=f"models:/{model_name('segformer')}@{PRODUCTION}")
     predict.add_argument("--out", type=Path, required=True, help="output folder")
     predict.add_argument("--backend", choices=BACKENDS, help=PREDICT_DEFAULT_HELP)
+    predict.add_argument(
+        "--on-error", choices=["stop", "skip"], default="stop",
+        help="a bad image: stop with its message (default), or skip it and list it at the end",
+    )  # fmt: skip
     predict.set_defaults(handler=_predict)
 
     ui = commands.add_parser("ui", help="the MLflow UI on 127.0.0.1 over the project's store")
@@ -233,10 +239,17 @@ def _predict(args: argparse.Namespace) -> None:
     from heritageseg.ops import registry
     from heritageseg.stages.predict import summary_line, write_damage_maps
 
-    registry.check_registered(load_params(args.params).tracking, args.model)
-    for report in write_damage_maps(args.images, args.model, args.out, args.backend):
+    params = load_params(args.params)
+    registry.check_registered(params.tracking, args.model)
+    reports, failures = write_damage_maps(
+        args.images, args.model, args.out, args.backend,
+        max_pixels=params.predict.max_pixels, on_error=args.on_error,
+    )  # fmt: skip
+    for report in reports:
         print(summary_line(report))
-    print(f"label masks, overlays and damage reports in {args.out}")
+    print(f"label masks, overlays and damage reports of {len(reports)} image(s) in {args.out}")
+    if failures:
+        raise HeritagesegError(f"{len(failures)} image(s) skipped:\n  " + "\n  ".join(failures))
 
 
 def _ui(args: argparse.Namespace) -> None:
@@ -414,7 +427,7 @@ def _track_evaluation(args: argparse.Namespace, params, arch: str, documents: di
     )  # fmt: skip
     version = registry.register_evaluation(
         params.tracking, run_id, arch, model_dir, documents, benchmark,
-        params.evaluate.tile_overlap,
+        params.evaluate.tile_overlap, params.predict.max_pixels,
     )  # fmt: skip
     where = f"; registered {tracking.model_name(arch)} v{version}" if version else ""
     print(f"logged to MLflow run {run_id} ({tracking.tracking_uri(params.tracking)}){where}")

@@ -12,7 +12,6 @@ import contextlib
 import csv
 import io
 import re
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from PIL import Image, UnidentifiedImageError
 from heritageseg.core.classes import NUM_CLASSES
 from heritageseg.core.errors import DataError, RecordError
 from heritageseg.core.paths import FOLDER_METADATA
+from heritageseg.data.images import pixel_limit, to_rgb
 
 # The dataset card's own loader uses this limit; the largest image has about 133 M pixels.
 MAX_IMAGE_PIXELS = 243_748_701
@@ -365,19 +365,6 @@ def label_counts(mask: np.ndarray) -> np.ndarray:
     return np.bincount(mask.ravel(), minlength=_LABEL_BINS).astype(np.int64)
 
 
-def to_rgb(image: Image.Image) -> np.ndarray:
-    """Any PIL mode -> (H, W, 3) uint8 RGB. 16/32-bit greyscale is scaled, not clipped."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        wide = np.asarray(image, dtype=np.float64)
-        scale = 257.0 if wide.max(initial=0) > 255 else 1.0
-        grey = np.clip(np.rint(wide / scale), 0, 255).astype(np.uint8)
-        return np.repeat(grey[:, :, None], 3, axis=2)
-    if image.mode != "RGB":
-        image = image.convert("RGBA" if image.mode in ("P", "PA") else image.mode)
-        image = image.convert("RGB")
-    return np.asarray(image, dtype=np.uint8).copy()
-
-
 @contextlib.contextmanager
 def _open_image(raw: RawRecord, column: str) -> Iterator[Image.Image]:
     data = getattr(raw, column)
@@ -385,7 +372,7 @@ def _open_image(raw: RawRecord, column: str) -> Iterator[Image.Image]:
         where = getattr(raw, f"{column}_path", None)
         missing = f" (file {where} not found)" if where else ""
         raise RecordError(raw.id, raw.origin, f"no {column} bytes{missing}")
-    with pixel_limit():
+    with pixel_limit(MAX_IMAGE_PIXELS):
         try:
             image = Image.open(io.BytesIO(data))
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -407,19 +394,6 @@ def _open_image(raw: RawRecord, column: str) -> Iterator[Image.Image]:
             raise RecordError(raw.id, raw.origin, f"{column} does not decode: {exc}") from exc
         finally:
             image.close()
-
-
-@contextlib.contextmanager
-def pixel_limit(limit: int = MAX_IMAGE_PIXELS) -> Iterator[None]:
-    """Accept images up to `limit` pixels and refuse larger ones, for this block only."""
-    previous = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = limit
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            yield
-    finally:
-        Image.MAX_IMAGE_PIXELS = previous
 
 
 def _annotation_array(

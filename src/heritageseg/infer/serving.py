@@ -22,12 +22,18 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 import torch
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from PIL import Image
 
+from heritageseg.core.config import PredictConfig
+from heritageseg.data.images import ImageError, read_rgb
 from heritageseg.infer.window import sliding_window_predict
 from heritageseg.nn.checkpoint import load_checkpoint
 
 IMAGE_COLUMN = "image"
+MAX_PIXELS = PredictConfig().max_pixels  # for models registered before the limit was logged
+SERVING_LIMIT_OPTION = "predict.max_pixels in params.yaml, logged with the model at registration"
 OUTPUT_COLUMNS = ("mask", "height", "width")
 
 
@@ -39,12 +45,15 @@ def encode_image(image: np.ndarray | Image.Image, fmt: str = "PNG") -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def decode_image(text: str) -> np.ndarray:
-    """base64 PNG/JPEG -> (H, W, 3) uint8 RGB."""
+def decode_image(text: str, max_pixels: int = MAX_PIXELS, row: int = 0) -> np.ndarray:
+    """base64 PNG/JPEG -> (H, W, 3) uint8 RGB, read as ingest reads it (16-bit scaled, CMYK,
+    palette and alpha converted); an image over `max_pixels` is refused from its header."""
+    name = f"column {IMAGE_COLUMN!r}, row {row}"
     try:
-        return np.array(Image.open(io.BytesIO(base64.b64decode(text))).convert("RGB"))
-    except Exception as exc:
-        raise ValueError(f"column {IMAGE_COLUMN!r}: not a base64 PNG/JPEG image ({exc})") from None
+        data = base64.b64decode(text, validate=True)
+    except (ValueError, TypeError):
+        raise ValueError(f"{name}: not base64 text of an image file") from None
+    return read_rgb(data, max_pixels=max_pixels, name=name, option=SERVING_LIMIT_OPTION)
 
 
 def decode_mask(text: str) -> np.ndarray:
@@ -107,12 +116,17 @@ class SegmentationModel(mlflow.pyfunc.PythonModel):
             context.artifacts["weights"], context.artifacts["config"], serving["overlap"],
             int8_graph=context.artifacts.get("int8_graph"), arch=serving.get("arch", "ARCH"),
         )  # fmt: skip
+        self.max_pixels = serving.get("max_pixels", MAX_PIXELS)
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         if IMAGE_COLUMN not in model_input:
             raise ValueError(f"input needs a column {IMAGE_COLUMN!r} of base64 images")
         rows = []
-        for text in model_input[IMAGE_COLUMN]:
-            mask = self.segmenter.labels(decode_image(text))
+        for row, text in enumerate(model_input[IMAGE_COLUMN]):
+            try:
+                image = decode_image(text, getattr(self, "max_pixels", MAX_PIXELS), row)
+            except (ImageError, ValueError) as exc:  # the client's input: HTTP 400, not 500
+                raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
+            mask = self.segmenter.labels(image)
             rows.append((_encode_mask(mask), mask.shape[0], mask.shape[1]))
         return pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS))

@@ -61,7 +61,9 @@ def _signature():
     )  # fmt: skip
 
 
-def log_model(run_id: str, arch: str, model_dir: Path, overlap: int, register: bool):
+def log_model(
+    run_id: str, arch: str, model_dir: Path, overlap: int, register: bool, max_pixels: int
+):
     """Log the pyfunc model (weights, config, code, and the int8 graph `export onnx --int8`
     made of these weights, when there is one) into the run; register it if asked.
     Returns the registered ModelVersion, or None."""
@@ -80,7 +82,7 @@ def log_model(run_id: str, arch: str, model_dir: Path, overlap: int, register: b
         artifacts["int8_graph"] = str(int8_graph)
     with tempfile.TemporaryDirectory() as temp, mlflow.start_run(run_id=run_id):
         serving = Path(temp) / "serving.json"
-        write_json(serving, {"overlap": overlap, "arch": arch})
+        write_json(serving, {"overlap": overlap, "arch": arch, "max_pixels": max_pixels})
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(package / "infer" / "pyfunc_model.py"),
@@ -108,10 +110,10 @@ def tag_version(version, values: dict[str, str]) -> None:
 
 def register_evaluation(
     cfg: TrackingConfig, run_id: str, arch: str, model_dir: Path, documents: dict[str, dict],
-    benchmark: str, overlap: int,
+    benchmark: str, overlap: int, max_pixels: int,
 ) -> str | None:  # fmt: skip
     """Log + register the model with its metrics as version tags; the version number."""
-    version = log_model(run_id, arch, model_dir, overlap, cfg.register)
+    version = log_model(run_id, arch, model_dir, overlap, cfg.register, max_pixels)
     if version is None:
         return None
     tags = {TAG_ARCH: arch, TAG_BENCHMARK: benchmark, "run_id": run_id}

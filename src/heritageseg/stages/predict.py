@@ -18,11 +18,14 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from heritageseg.core.classes import CLASSES, colourise
+from heritageseg.core.config import PredictConfig
 from heritageseg.core.errors import HeritagesegError
 from heritageseg.core.fileio import atomic_write_bytes, write_json
+from heritageseg.data.images import ImageError, image_files, read_rgb
 
 ALPHA = 0.5  # overlay opacity of the class colours; Clean pixels are left as they are
 _EIGHT_NEIGHBOURS = np.ones((3, 3), dtype=bool)
+LIMIT_OPTION = "predict.max_pixels in params.yaml"  # where a user raises the pixel limit
 
 
 def registry_reference(uri: str) -> tuple[str, str | None, str | None] | None:
@@ -110,21 +113,32 @@ def _png(picture: Image.Image) -> bytes:
 
 
 def write_damage_maps(
-    images: Sequence[Path], model_uri: str, out: Path, backend: str | None = None
-) -> list[dict]:
-    """Predict every image with the pyfunc model at `model_uri` (on `backend`, default: the
-    model's own); write the three files."""
+    images: Sequence[Path],
+    model_uri: str,
+    out: Path,
+    backend: str | None = None,
+    *,
+    max_pixels: int = PredictConfig().max_pixels,
+    on_error: str = "stop",
+) -> tuple[list[dict], list[str]]:
+    """Predict every image (files, or the images in a folder) with the pyfunc model at
+    `model_uri` (on `backend`, default: the model's own) and write the three files of each.
+
+    A bad image stops the run with its message (`on_error="stop"`) or is skipped and listed
+    in the failures returned beside the reports (`"skip"`)."""
     import mlflow.pyfunc
     import pandas as pd
 
     from heritageseg.infer.serving import decode_mask, encode_image
 
-    missing = [str(p) for p in images if not Path(p).is_file()]
-    if missing:
-        raise HeritagesegError(f"image(s) not found: {', '.join(missing)}")
-    stems = [Path(p).stem for p in images]
+    files = image_files(list(images))
+    stems = [p.stem for p in files]
     if len(set(stems)) != len(stems):
-        raise HeritagesegError("two inputs share a file stem; their outputs would collide")
+        twice = sorted({s for s in stems if stems.count(s) > 1})
+        raise HeritagesegError(
+            f"inputs share the file stem(s) {', '.join(twice)}; their outputs would collide: "
+            "rename one or map them into separate --out folders"
+        )
     try:
         model = mlflow.pyfunc.load_model(model_uri)
     except Exception as exc:
@@ -133,13 +147,15 @@ def write_damage_maps(
     if backend is not None:
         segmenter.use_backend(backend)
     name, version = model_identity(model_uri)
-    reports = []
-    for path in tqdm(images, desc="damage maps", unit="img"):
-        path = Path(path)
+    reports, failures = [], []
+    for path in tqdm(files, desc="damage maps", unit="img"):
         try:
-            image = np.asarray(Image.open(path).convert("RGB"))
-        except OSError as exc:
-            raise HeritagesegError(f"{path}: not a readable image ({exc})") from None
+            image = read_rgb(path, max_pixels=max_pixels, name=str(path), option=LIMIT_OPTION)
+        except ImageError as exc:
+            if on_error == "stop":
+                raise
+            failures.append(str(exc))
+            continue
         result = model.predict(pd.DataFrame({"image": [encode_image(image)]}))
         mask = decode_mask(result["mask"].iloc[0])
         report = {**damage_report(mask, name, version, str(path)), "backend": segmenter.backend}
@@ -147,7 +163,7 @@ def write_damage_maps(
         atomic_write_bytes(out / f"{path.stem}_overlay.png", _png(overlay(image, mask, report)))
         write_json(out / f"{path.stem}.json", report)
         reports.append(report)
-    return reports
+    return reports, failures
 
 
 def summary_line(report: dict) -> str:
