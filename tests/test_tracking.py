@@ -24,9 +24,10 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from heritageseg import cli
+from heritageseg.core.classes import colourise
 from heritageseg.core.config import TrackingConfig, load_params
 from heritageseg.ops import registry, tracking
-from heritageseg.stages.predict import damage_report
+from heritageseg.stages.predict import ALPHA, damage_report, overlay
 from tests.browser import chromium, ink, screenshot
 from tests.images import header_only_png
 
@@ -292,6 +293,16 @@ def test_damage_report_counts_area_and_connected_regions():
     assert report["classes"]["Dust"]["regions"] == 1
     assert report["damage_area_pct"] == pytest.approx(8.5)
     assert (report["width"], report["height"]) == (20, 10)
+
+
+def test_the_banded_overlay_is_the_plain_blend_of_image_and_class_colours():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (2500, 30, 3), dtype=np.uint8)  # > 2 bands of rows
+    mask = rng.choice(np.array([0, 0, 3, 9, 255], np.uint8), (2500, 30))
+    colours, plain = colourise(mask).astype(np.float32), image.astype(np.float32)
+    blend = np.where((mask != 0)[..., None], (1 - ALPHA) * plain + ALPHA * colours, plain)
+    picture = overlay(image, mask, damage_report(mask, NAME, "1", "x.png"))
+    assert np.array_equal(np.asarray(picture)[:2500, :30], blend.round().astype(np.uint8))
 
 
 def _wait_http(url: str, process: subprocess.Popen, timeout: float, log: Path) -> None:
