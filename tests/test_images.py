@@ -13,10 +13,10 @@ import pytest
 from mlflow.exceptions import MlflowException
 from PIL import Image
 
-from heritageseg.core.config import PredictConfig, load_params
+from heritageseg.core.config import MAX_PIXELS_OPTION, PredictConfig, load_params
+from heritageseg.core.errors import HeritagesegError
 from heritageseg.data.images import ImageError, ImageTooLarge, image_files, read_rgb, to_rgb
 from heritageseg.infer.serving import SegmentationModel, decode_image
-from heritageseg.stages.predict import LIMIT_OPTION
 
 from .conftest import ROOT
 from .images import header_only_png
@@ -25,7 +25,7 @@ LIMIT = PredictConfig().max_pixels
 
 
 def _read(path: Path, limit: int = LIMIT) -> np.ndarray:
-    return read_rgb(path, max_pixels=limit, name=str(path), option=LIMIT_OPTION)
+    return read_rgb(path, max_pixels=limit, name=str(path), option=MAX_PIXELS_OPTION)
 
 
 def test_the_default_limit_is_at_least_a_gigapixel_and_params_yaml_states_it():
@@ -129,3 +129,11 @@ def test_the_served_model_answers_400_for_an_image_over_its_limit(tmp_path):
     with pytest.raises(MlflowException) as caught:
         model.predict(None, pd.DataFrame({"image": ["%%% not base64"]}))
     assert caught.value.get_http_status_code() == 400
+
+
+def test_predict_names_every_missing_image_before_it_loads_the_model(tmp_path):
+    from heritageseg.stages.predict import write_damage_maps
+
+    missing = [tmp_path / "a.png", tmp_path / "b.jpg"]
+    with pytest.raises(HeritagesegError, match=r"image\(s\) not found: .*a\.png, .*b\.jpg"):
+        write_damage_maps(missing, str(tmp_path / "no-model"), tmp_path / "maps")

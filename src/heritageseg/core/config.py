@@ -303,6 +303,9 @@ class EvaluateConfig:
         check_fields(self)
 
 
+MAX_PIXELS_OPTION = "predict.max_pixels in params.yaml"  # what raises the pixel limit
+
+
 @dataclass(frozen=True)
 class PredictConfig:
     """Damage maps of new scans (`heritageseg predict` and the served model)."""

@@ -26,14 +26,14 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from PIL import Image
 
-from heritageseg.core.config import PredictConfig
+from heritageseg.core.config import MAX_PIXELS_OPTION, PredictConfig
 from heritageseg.data.images import ImageError, read_rgb
 from heritageseg.infer.window import sliding_window_predict
 from heritageseg.nn.checkpoint import load_checkpoint
 
 IMAGE_COLUMN = "image"
 MAX_PIXELS = PredictConfig().max_pixels  # for models registered before the limit was logged
-SERVING_LIMIT_OPTION = "predict.max_pixels in params.yaml, logged with the model at registration"
+SERVING_LIMIT_OPTION = f"{MAX_PIXELS_OPTION}, logged with the model at registration"
 OUTPUT_COLUMNS = ("mask", "height", "width")
 
 
@@ -124,7 +124,7 @@ class SegmentationModel(mlflow.pyfunc.PythonModel):
         rows = []
         for row, text in enumerate(model_input[IMAGE_COLUMN]):
             try:
-                image = decode_image(text, getattr(self, "max_pixels", MAX_PIXELS), row)
+                image = decode_image(text, self.max_pixels, row)
             except (ImageError, ValueError) as exc:  # the client's input: HTTP 400, not 500
                 raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
             mask = self.segmenter.labels(image)

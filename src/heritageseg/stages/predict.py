@@ -18,7 +18,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from heritageseg.core.classes import CLASSES, colourise
-from heritageseg.core.config import PredictConfig
+from heritageseg.core.config import MAX_PIXELS_OPTION, PredictConfig
 from heritageseg.core.errors import HeritagesegError
 from heritageseg.core.fileio import atomic_write_bytes, write_json
 from heritageseg.data.images import ImageError, image_files, read_rgb
@@ -26,7 +26,6 @@ from heritageseg.data.images import ImageError, image_files, read_rgb
 ALPHA = 0.5  # overlay opacity of the class colours; Clean pixels are left as they are
 _EIGHT_NEIGHBOURS = np.ones((3, 3), dtype=bool)
 _OVERLAY_BAND = 1024  # rows blended at a time
-LIMIT_OPTION = "predict.max_pixels in params.yaml"  # where a user raises the pixel limit
 
 
 def registry_reference(uri: str) -> tuple[str, str | None, str | None] | None:
@@ -137,6 +136,9 @@ def write_damage_maps(
     import mlflow.pyfunc
 
     files = image_files(list(images))
+    missing = [str(p) for p in files if not p.is_file()]
+    if missing and on_error == "stop":  # before the model loads and any image is mapped
+        raise HeritagesegError(f"image(s) not found: {', '.join(missing)}")
     stems = [p.stem for p in files]
     if len(set(stems)) != len(stems):
         twice = sorted({s for s in stems if stems.count(s) > 1})
@@ -155,7 +157,7 @@ def write_damage_maps(
     reports, failures = [], []
     for path in tqdm(files, desc="damage maps", unit="img"):
         try:
-            image = read_rgb(path, max_pixels=max_pixels, name=str(path), option=LIMIT_OPTION)
+            image = read_rgb(path, max_pixels=max_pixels, name=str(path), option=MAX_PIXELS_OPTION)
         except ImageError as exc:
             if on_error == "stop":
                 raise
