@@ -24,10 +24,10 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from heritageseg import cli
-from heritageseg.core.classes import colourise
+from heritageseg.core.classes import OVERLAY_ALPHA, colourise
 from heritageseg.core.config import TrackingConfig, load_params
 from heritageseg.ops import registry, tracking
-from heritageseg.stages.predict import ALPHA, damage_report, overlay
+from heritageseg.stages.predict import damage_report, overlay
 from tests.browser import chromium, ink, screenshot
 from tests.images import header_only_png
 
@@ -300,7 +300,8 @@ def test_the_banded_overlay_is_the_plain_blend_of_image_and_class_colours():
     image = rng.integers(0, 256, (2500, 30, 3), dtype=np.uint8)  # > 2 bands of rows
     mask = rng.choice(np.array([0, 0, 3, 9, 255], np.uint8), (2500, 30))
     colours, plain = colourise(mask).astype(np.float32), image.astype(np.float32)
-    blend = np.where((mask != 0)[..., None], (1 - ALPHA) * plain + ALPHA * colours, plain)
+    mixed = (1 - OVERLAY_ALPHA) * plain + OVERLAY_ALPHA * colours
+    blend = np.where((mask != 0)[..., None], mixed, plain)
     picture = overlay(image, mask, damage_report(mask, NAME, "1", "x.png"))
     assert np.array_equal(np.asarray(picture)[:2500, :30], blend.round().astype(np.uint8))
 

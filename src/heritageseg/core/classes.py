@@ -26,6 +26,7 @@ import numpy as np
 BACKGROUND_ID = 255
 BACKGROUND_COLOUR = "#5A0007"
 NUM_CLASSES = 16
+OVERLAY_ALPHA = 0.5  # opacity of the class colours over a scan; Clean pixels are left as they are
 VALID_LABELS = frozenset([*range(NUM_CLASSES), BACKGROUND_ID])
 
 

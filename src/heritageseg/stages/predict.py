@@ -17,13 +17,12 @@ from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 from tqdm import tqdm
 
-from heritageseg.core.classes import CLASSES, colourise
+from heritageseg.core.classes import CLASSES, OVERLAY_ALPHA, colourise
 from heritageseg.core.config import MAX_PIXELS_OPTION, PredictConfig
 from heritageseg.core.errors import HeritagesegError
 from heritageseg.core.fileio import atomic_write_bytes, write_json
 from heritageseg.data.images import ImageError, image_files, read_rgb
 
-ALPHA = 0.5  # overlay opacity of the class colours; Clean pixels are left as they are
 _EIGHT_NEIGHBOURS = np.ones((3, 3), dtype=bool)
 _OVERLAY_BAND = 1024  # rows blended at a time
 
@@ -82,8 +81,8 @@ def overlay(image: np.ndarray, mask: np.ndarray, report: dict) -> Image.Image:
         rows = slice(top, top + _OVERLAY_BAND)
         damaged = mask[rows] != 0
         part = picture[rows]
-        mixed = (1 - ALPHA) * part[damaged].astype(np.float32)
-        mixed += ALPHA * colourise(mask[rows])[damaged].astype(np.float32)
+        mixed = (1 - OVERLAY_ALPHA) * part[damaged].astype(np.float32)
+        mixed += OVERLAY_ALPHA * colourise(mask[rows])[damaged].astype(np.float32)
         part[damaged] = mixed.round().astype(np.uint8)
     picture = Image.fromarray(picture)
     present = [(n, c) for n, c in report["classes"].items() if c["pixels"] and c["id"] != 0]
