@@ -73,3 +73,74 @@ def test_overlapping_tiles_blend_logits_not_votes():
     assert sum(calls) == 2  # tiles at x = 0 and x = 24
     assert labels[0, 0] == 0 and labels[0, -1] == 1
     assert set(np.unique(labels)) == {0, 1}
+
+
+def _whole_image_blend(predict, image, tile, overlap, classes):
+    """The definition the streaming sweep must equal: every tile's weighted logits added into
+    full-size accumulators (rows, then columns), then one argmax."""
+    from heritageseg.data.cache import tile_starts
+
+    height, width = image.shape[:2]
+    padded = np.zeros((max(height, tile), max(width, tile), 3), np.uint8)
+    padded[:height, :width] = image
+    logits = torch.zeros(classes, *padded.shape[:2])
+    weights = torch.zeros(padded.shape[:2])
+    window = blend_window(tile, overlap)
+    for y in tile_starts(padded.shape[0], tile, overlap):
+        for x in tile_starts(padded.shape[1], tile, overlap):
+            crop = torch.from_numpy(padded[y : y + tile, x : x + tile]).permute(2, 0, 1).float()
+            crop = (crop - torch.tensor(MEAN).view(3, 1, 1) * 255) / (
+                torch.tensor(STD).view(3, 1, 1) * 255
+            )
+            logits[:, y : y + tile, x : x + tile] += predict(crop[None])[0] * window
+            weights[y : y + tile, x : x + tile] += window
+    return (logits / weights).argmax(0).to(torch.uint8).numpy()[:height, :width]
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "tile", "overlap", "batch"),
+    [(203, 311, 64, 16, 3), (64, 200, 64, 8, 1), (150, 90, 48, 24, 8), (30, 40, 64, 8, 4)],
+)
+def test_the_band_and_column_sweep_equals_whole_image_blending(height, width, tile, overlap, batch):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 5, padding=2), torch.nn.ReLU(), torch.nn.Conv2d(8, 7, 5, padding=2)
+    )
+    predict = model_predictor(model)
+    image = _image(height, width, seed=3)
+    expected = _whole_image_blend(predict, image, tile, overlap, 7)
+    swept = sliding_window_predict(
+        predict, image, tile=tile, overlap=overlap, num_classes=7, mean=MEAN, std=STD,
+        batch_size=batch,
+    )  # fmt: skip
+    np.testing.assert_array_equal(swept, expected)
+
+
+def test_rows_are_asked_for_one_band_at_a_time_top_to_bottom():
+    from heritageseg.infer.window import predict_bands, tile_count
+
+    image, asked, counted = _image(300, 130), [], []
+
+    def rows(top, bottom):
+        asked.append((top, bottom))
+        return image[top:bottom]
+
+    model = model_predictor(torch.nn.Conv2d(3, 4, 1))
+    bands = list(
+        predict_bands(
+            model,
+            rows,
+            300,
+            130,
+            tile=64,
+            overlap=8,
+            num_classes=4,
+            mean=MEAN,
+            std=STD,
+            on_tiles=counted.append,
+        )
+    )
+    assert all(bottom - top <= 64 for top, bottom in asked)
+    assert [t for t, _ in asked] == sorted(t for t, _ in asked)
+    assert sum(len(b) for _, b in bands) == 300 and bands[0][0] == 0
+    assert sum(counted) == tile_count(300, 130, 64, 8)
