@@ -90,8 +90,8 @@ def _tile_urls(info: dict, extension: str) -> list[str]:
     return urls
 
 
-def _layers(folder: Path) -> dict[str, str]:
-    """Each layer folder of `folder` and its tiles' extension."""
+def _layers() -> dict[str, str]:
+    """Each layer folder of the scene's output and its tiles' extension."""
     layers = {"scan": "jpg", "overlay": "png"}
     layers.update({f"class-{cid}": "png" for cid in RECTS})
     return layers
@@ -138,7 +138,7 @@ def test_info_json_ids_follow_base_url(tmp_path):
     scan, mask, report = scene(700, 500)
     base = "https://museum.example/maps/scan1_iiif"
     out = iiif.write_iiif(scan, mask, report, tmp_path, STEM, base_url=base + "/")
-    for layer in _layers(out):
+    for layer in _layers():
         info = json.loads((out / layer / "info.json").read_text())
         assert info["id"] == f"{base}/{layer}" and info["profile"] == "level0"
         assert info["type"] == "ImageService3"
@@ -155,7 +155,7 @@ def test_every_tile_url_exists(tmp_path, size):
     scan, mask, report = scene(*size)
     out = iiif.write_iiif(scan, mask, report, tmp_path, STEM)
     base = out.resolve().as_uri()
-    for layer, extension in _layers(out).items():
+    for layer, extension in _layers().items():
         info = json.loads((out / layer / "info.json").read_text())
         assert (info["width"], info["height"]) == size
         urls = _tile_urls(info, extension)
@@ -185,7 +185,7 @@ def test_overlay_tiles_are_clear_on_clean_pixels_and_coloured_on_damage(written)
     x, y, w, h = _box(UNLABELLED, 3000, 2000)
     assert _pixel(written, "overlay", x + w // 2, y + h // 2)[3] == 0  # 255 is not damage
     assert _pixel(written, "overlay", 5, 1995)[3] == 0  # Clean
-    # a tile with no damage anywhere is the shared clear tile, not an encoded one
+    # a tile with no damage anywhere is wholly clear
     clear = written / "overlay" / "2560,1536,440,464" / "440,464" / "0" / "default.png"
     assert not np.asarray(Image.open(clear).convert("RGBA"))[..., 3].any()
 
@@ -198,7 +198,7 @@ def test_sequential_files_are_read_once(tmp_path):
     mask = pyvips.Image.new_from_file(str(tmp_path / "mask.png"), access="sequential")
     out = iiif.write_iiif(scan, mask, report, tmp_path, STEM)
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [*_layers(out), "manifest.json", "openseadragon.min.js", "viewer.html"]
+        [*_layers(), "manifest.json", "openseadragon.min.js", "viewer.html"]
     )
 
 
