@@ -161,7 +161,7 @@ def test_every_tile_url_exists(tmp_path, size):
         urls = _tile_urls(info, extension)
         missing = [u for u in urls if not (out / u.removeprefix(base + "/")).is_file()]
         assert urls and not missing, f"{layer}: {len(missing)} of {len(urls)} missing"
-    assert not (out / ".mask.v").exists() and not (out / "vips-properties.xml").exists()
+    assert not (out / ".mask.tif").exists() and not (out / "vips-properties.xml").exists()
 
 
 def _pixel(out: Path, layer: str, x: int, y: int) -> tuple[int, ...]:
