@@ -14,7 +14,7 @@ from PIL import Image
 from heritageseg.bench.infer import loggable
 from heritageseg.cli import main
 from heritageseg.core.classes import CLASS_NAMES
-from heritageseg.core.config import Backend, ModelConfig
+from heritageseg.core.config import Backend, ModelConfig, PredictConfig
 from heritageseg.infer.backends import (
     BACKENDS,
     CALIBRATED,
@@ -264,7 +264,7 @@ def _logged(folder: Path) -> str:
 
     with mlflow.start_run() as run:
         pass
-    log_model(run.info.run_id, folder.name, folder, overlap=4, register=False, max_pixels=10**9)
+    log_model(run.info.run_id, folder.name, folder, PredictConfig(tile=32), register=False)
     return f"runs:/{run.info.run_id}/model"
 
 

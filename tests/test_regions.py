@@ -22,12 +22,13 @@ def _whole_mask_regions(mask: np.ndarray) -> list[tuple]:
     return sorted(found, key=lambda r: (r[0], r[2], r[1]))
 
 
-def _counted(mask: np.ndarray, bands: list[int]) -> RegionCounter:
-    counter, top = RegionCounter(), 0
+def _counted(mask: np.ndarray, bands: list[int], listed: int | None = None) -> RegionCounter:
+    counter, top = RegionCounter(listed=listed), 0
     for size in bands:
         counter.add(top, mask[top : top + size])
         top += size
     assert top == len(mask)
+    counter.finish()
     return counter
 
 

@@ -187,6 +187,17 @@ def _add_bench_commands(commands) -> None:
     bench_infer.add_argument("--batch-size", type=int, default=4)
     _folder(bench_infer, "--out", paths.INFERENCE_REPORT)
     bench_infer.set_defaults(handler=_bench_infer)
+    bench_predict = bench_kinds.add_parser(
+        "predict", help="`predict` on synthetic scans: seconds, Mpx/s, peak RSS per size"
+    )
+    bench_predict.add_argument("--mpx", type=float, nargs="+", default=[33, 133, 500],
+                               help="scan sizes in megapixels (default 33 133 500)")  # fmt: skip
+    bench_predict.add_argument("--model", default=f"models:/{model_name('segformer')}@{PRODUCTION}")
+    bench_predict.add_argument("--backend", choices=BACKENDS, help=PREDICT_DEFAULT_HELP)
+    bench_predict.add_argument(
+        "--work", type=Path, help="folder for scans and maps (default: temp)"
+    )
+    bench_predict.set_defaults(handler=_bench_predict)
 
 
 def _add_mlflow_commands(commands) -> None:
@@ -207,6 +218,10 @@ def _add_mlflow_commands(commands) -> None:
     predict.add_argument(
         "--on-error", choices=["stop", "skip"], default="stop",
         help="a bad image: stop with its message (default), or skip it and list it at the end",
+    )  # fmt: skip
+    predict.add_argument(
+        "--iiif-base", metavar="URL",
+        help="where the STEM_iiif folders will be published (IIIF ids); default: file:// paths",
     )  # fmt: skip
     predict.set_defaults(handler=_predict)
 
@@ -242,12 +257,13 @@ def _predict(args: argparse.Namespace) -> None:
     params = load_params(args.params)
     registry.check_registered(params.tracking, args.model)
     reports, failures = write_damage_maps(
-        args.images, args.model, args.out, args.backend,
-        max_pixels=params.predict.max_pixels, on_error=args.on_error,
+        args.images, args.model, args.out, args.backend, window=params.predict,
+        on_error=args.on_error, iiif_base=args.iiif_base,
     )  # fmt: skip
     for report in reports:
         print(summary_line(report))
-    print(f"label masks, overlays and damage reports of {len(reports)} image(s) in {args.out}")
+    print(f"label masks, overlays, IIIF viewers and damage reports of {len(reports)} image(s) "
+          f"in {args.out} (open STEM_iiif/viewer.html in a browser)")  # fmt: skip
     if failures:
         raise HeritagesegError(f"{len(failures)} image(s) skipped:\n  " + "\n  ".join(failures))
 
@@ -426,9 +442,8 @@ def _track_evaluation(args: argparse.Namespace, params, arch: str, documents: di
         Path(args.params),
     )  # fmt: skip
     version = registry.register_evaluation(
-        params.tracking, run_id, arch, model_dir, documents, benchmark,
-        params.evaluate.tile_overlap, params.predict.max_pixels,
-    )  # fmt: skip
+        params.tracking, run_id, arch, model_dir, documents, benchmark, params.predict
+    )
     where = f"; registered {tracking.model_name(arch)} v{version}" if version else ""
     print(f"logged to MLflow run {run_id} ({tracking.tracking_uri(params.tracking)}){where}")
 
@@ -575,6 +590,20 @@ def _bench_train(args: argparse.Namespace) -> None:
         f"img/s, bare loop {figures['bare_img_s']:.2f} img/s, "
         f"overhead {figures['overhead_pct']:+.1f}%"
     )
+
+
+def _bench_predict(args: argparse.Namespace) -> None:
+    import tempfile
+
+    from heritageseg.bench.predict import bench_predict
+
+    with tempfile.TemporaryDirectory(dir=args.work) as work:
+        figures = bench_predict(args.mpx, args.model, Path(args.params), args.backend, Path(work))
+    print(f"heritageseg predict --model {args.model} (a fresh process per scan, synthetic JPEG)")
+    print(f"  {'scan':>13} {'Mpx':>6} {'seconds':>8} {'Mpx/s':>6} {'peak RSS MB':>12}")
+    for row in figures:
+        print(f"  {row.width:>6}x{row.height:<6} {row.megapixels:6.1f} {row.seconds:8.1f} "
+              f"{row.mpx_s:6.2f} {row.peak_rss_mb:12.0f}")  # fmt: skip
 
 
 def _bench_infer(args: argparse.Namespace) -> None:

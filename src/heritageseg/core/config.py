@@ -312,6 +312,13 @@ class PredictConfig:
 
     # Refused above this, from the header, before decoding (a conservation scan: 100-500 Mpx).
     max_pixels: Count = 1_000_000_000
+    # Side of the inference tiles, decoupled from training where the encoder accepts any size
+    # (convolutional, MiT; a multiple of 32, the U-Net's stride); None, and any encoder built
+    # for one size (MaxViT's windows), use the training size. Measured on the laptop model
+    # (96 px): 256-512 px tiles are ~3x faster but relabel ~6 % of pixels, so None here.
+    tile: Annotated[int, Ge(32), MultipleOf(32)] | None = None
+    overlap: Annotated[float, Ge(0.0), Le(0.5)] = 1 / 3  # share of the tile neighbours overlap
+    batch_size: Count = 32  # tiles per forward pass: small tiles need many to be efficient
 
     def __post_init__(self) -> None:
         check_fields(self)

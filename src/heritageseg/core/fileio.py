@@ -122,20 +122,30 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
         shutil.rmtree(retired, ignore_errors=True)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """Yield a staging path beside `path` for a writer that needs a file name (libvips, a
+    streaming encoder); on success it replaces `path`, on error it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _tidy_once(path.parent)
-    handle, temp = tempfile.mkstemp(prefix=_staging_prefix(path, "tmp"), dir=path.parent)
+    handle, temp = tempfile.mkstemp(
+        prefix=_staging_prefix(path, "tmp"), suffix=path.suffix, dir=path.parent
+    )
+    os.close(handle)
     try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
+        yield Path(temp)
         share(temp)
         os.replace(temp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
         raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_file(path) as temp:
+        temp.write_bytes(data)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -14,6 +14,7 @@ unpickles nothing.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -28,11 +29,13 @@ from PIL import Image
 
 from heritageseg.core.config import MAX_PIXELS_OPTION, PredictConfig
 from heritageseg.data.images import ImageError, read_rgb
-from heritageseg.infer.window import sliding_window_predict
+from heritageseg.infer.window import RowSource, predict_bands, sliding_window_predict, tile_count
 from heritageseg.nn.checkpoint import load_checkpoint
+from heritageseg.nn.models import fixed_input_size
 
 IMAGE_COLUMN = "image"
-MAX_PIXELS = PredictConfig().max_pixels  # for models registered before the limit was logged
+DEFAULT_WINDOW = PredictConfig()
+MAX_PIXELS = DEFAULT_WINDOW.max_pixels  # for models registered before the limit was logged
 SERVING_LIMIT_OPTION = f"{MAX_PIXELS_OPTION}, logged with the model at registration"
 OUTPUT_COLUMNS = ("mask", "height", "width")
 
@@ -75,7 +78,7 @@ class Segmenter:
         self,
         weights: Path,
         config: Path,
-        overlap: int | None = None,
+        window: PredictConfig = DEFAULT_WINDOW,
         backend: str | None = None,
         int8_graph: Path | None = None,
         arch: str = "ARCH",
@@ -83,11 +86,19 @@ class Segmenter:
         self.trained = load_checkpoint(Path(config), Path(weights))
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = self.trained.network.to(self.device)
-        self.tile = self.trained.model.image_size
-        self.overlap = self.tile // 8 if overlap is None else overlap
         self.int8_graph = None if int8_graph is None else Path(int8_graph)
         self.arch = arch
+        self.use_window(window)
         self.use_backend(backend)
+
+    def use_window(self, window: PredictConfig) -> None:
+        """Tile side, overlap and batch of the sliding window (`predict` in params.yaml); an
+        encoder built for one input size keeps its training size."""
+        model = self.trained.model
+        fixed = window.tile is None or fixed_input_size(model.encoder)
+        self.tile = model.image_size if fixed else window.tile
+        self.overlap = min(round(self.tile * window.overlap), self.tile - 1)
+        self.batch_size = window.batch_size
 
     def use_backend(self, backend: str | None) -> None:
         """The inference backend (heritageseg.infer.backends); None: predict's default, int8
@@ -99,11 +110,20 @@ class Segmenter:
         )
 
     def labels(self, image: np.ndarray) -> np.ndarray:
-        trained = self.trained
-        return sliding_window_predict(
-            self.predict, image, tile=self.tile, overlap=self.overlap,
-            num_classes=len(trained.classes), mean=trained.mean, std=trained.std,
-        )  # fmt: skip
+        """Labels of an image held in memory."""
+        return sliding_window_predict(self.predict, image, **self._window())
+
+    def bands(self, rows: RowSource, height: int, width: int, on_tiles=None):
+        """(top, labels) bands of an image read a band of rows at a time (`predict_bands`)."""
+        return predict_bands(self.predict, rows, height, width, on_tiles=on_tiles, **self._window())
+
+    def tiles(self, height: int, width: int) -> int:
+        return tile_count(height, width, self.tile, self.overlap)
+
+    def _window(self) -> dict:
+        trained, window = self.trained, {"tile": self.tile, "overlap": self.overlap}
+        return {**window, "num_classes": len(trained.classes), "mean": trained.mean,
+                "std": trained.std, "batch_size": self.batch_size}  # fmt: skip
 
 
 class SegmentationModel(mlflow.pyfunc.PythonModel):
@@ -112,11 +132,17 @@ class SegmentationModel(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context) -> None:
         serving = json.loads(Path(context.artifacts["serving"]).read_text())
+        known = {f.name for f in dataclasses.fields(PredictConfig)}
+        window = PredictConfig(**{k: v for k, v in serving.items() if k in known})
+        if "tile" not in serving:  # registered before the window was logged: the training size
+            window = dataclasses.replace(window, tile=None)
         self.segmenter = Segmenter(
-            context.artifacts["weights"], context.artifacts["config"], serving["overlap"],
+            context.artifacts["weights"], context.artifacts["config"], window,
             int8_graph=context.artifacts.get("int8_graph"), arch=serving.get("arch", "ARCH"),
         )  # fmt: skip
-        self.max_pixels = serving.get("max_pixels", MAX_PIXELS)
+        if "tile" not in serving:  # ... and an overlap in pixels
+            self.segmenter.overlap = serving["overlap"]
+        self.max_pixels = window.max_pixels
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         if IMAGE_COLUMN not in model_input:

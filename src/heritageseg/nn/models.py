@@ -130,7 +130,7 @@ def build_model(cfg: ModelConfig, num_classes: int = NUM_CLASSES) -> nn.Module:
     }
     if cfg.decoder_channels is not None:
         kwargs.update(_decoder_widths(cfg.decoder, cfg.decoder_channels))
-    if _fixed_input_size(cfg.encoder):
+    if fixed_input_size(cfg.encoder):
         kwargs["img_size"] = cfg.image_size
     if kwargs["encoder_weights"] is None:
         return wrap(decoder(**kwargs))
@@ -186,7 +186,7 @@ def _lookup(table: Mapping[str, Any], name: str, what: str) -> Any:
     return table[name]
 
 
-def _fixed_input_size(encoder: str) -> bool:
+def fixed_input_size(encoder: str) -> bool:
     """Whether timm builds the encoder for one input size (window or position tables)."""
     if not encoder.startswith("tu-"):
         return False

@@ -9,6 +9,7 @@ is kept in a registered-model tag, so a rollback knows which version came before
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import tempfile
 import warnings
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from heritageseg.core.config import TrackingConfig
+from heritageseg.core.config import PredictConfig, TrackingConfig
 from heritageseg.core.paths import CONFIG, WEIGHTS
 from heritageseg.ops.tracking import (
     PRODUCTION,
@@ -61,11 +62,10 @@ def _signature():
     )  # fmt: skip
 
 
-def log_model(
-    run_id: str, arch: str, model_dir: Path, overlap: int, register: bool, max_pixels: int
-):
-    """Log the pyfunc model (weights, config, code, and the int8 graph `export onnx --int8`
-    made of these weights, when there is one) into the run; register it if asked.
+def log_model(run_id: str, arch: str, model_dir: Path, predict: PredictConfig, register: bool):
+    """Log the pyfunc model (weights, config, code, the int8 graph `export onnx --int8`
+    made of these weights when there is one, and the `predict` settings it serves with: its
+    window and pixel limit) into the run; register it if asked.
     Returns the registered ModelVersion, or None."""
     import mlflow
 
@@ -82,7 +82,7 @@ def log_model(
         artifacts["int8_graph"] = str(int8_graph)
     with tempfile.TemporaryDirectory() as temp, mlflow.start_run(run_id=run_id):
         serving = Path(temp) / "serving.json"
-        write_json(serving, {"overlap": overlap, "arch": arch, "max_pixels": max_pixels})
+        write_json(serving, {"arch": arch, **dataclasses.asdict(predict)})
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(package / "infer" / "pyfunc_model.py"),
@@ -110,10 +110,10 @@ def tag_version(version, values: dict[str, str]) -> None:
 
 def register_evaluation(
     cfg: TrackingConfig, run_id: str, arch: str, model_dir: Path, documents: dict[str, dict],
-    benchmark: str, overlap: int, max_pixels: int,
+    benchmark: str, predict: PredictConfig,
 ) -> str | None:  # fmt: skip
     """Log + register the model with its metrics as version tags; the version number."""
-    version = log_model(run_id, arch, model_dir, overlap, cfg.register, max_pixels)
+    version = log_model(run_id, arch, model_dir, predict, cfg.register)
     if version is None:
         return None
     tags = {TAG_ARCH: arch, TAG_BENCHMARK: benchmark, "run_id": run_id}

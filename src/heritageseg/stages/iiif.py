@@ -176,7 +176,9 @@ def _random_access_copy(image: pyvips.Image, path: Path) -> Iterator[pyvips.Imag
     """`image` streamed once into a tiled deflate TIFF, reopened for repeated reads. (An
     uncompressed .v file is memory-mapped: its pages count in the RSS, which then grew by the
     mask's area, +130 MiB at 133 Mpx; a class mask deflates to almost nothing.)"""
-    image.tiffsave(str(path), tile=True, tile_width=512, tile_height=512, compression="deflate")
+    # libvips refuses to read back some tiles larger than the image (90 x 70 in 512 px tiles)
+    side = min(512, 16 * math.ceil(max(image.width, image.height) / 16))
+    image.tiffsave(str(path), tile=True, tile_width=side, tile_height=side, compression="deflate")
     try:
         yield pyvips.Image.new_from_file(str(path))
     finally:

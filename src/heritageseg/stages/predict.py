@@ -1,9 +1,14 @@
-"""Damage maps for conservators: a registered model applied to images of any size.
+"""Damage maps for conservators: a registered model applied to scans of any size.
 
-Per input `STEM.ext`, in the output folder: `STEM.png` (label mask, mode L, the input's size,
-values = class ids), `STEM_overlay.png` (the published class colours blended over the image,
-with a legend of the classes found) and `STEM.json` (area % and connected regions per class,
-image size, model name and version).
+A scan is read, predicted and written a band of rows at a time (libvips decodes and encodes
+in strips), so memory does not grow with its area. Per input `STEM.ext`, in the output
+folder: `STEM.png` (label mask, mode L, the input's size, values = class ids),
+`STEM_overlay.tif` (the class colours blended over the scan as a tiled pyramidal TIFF, which
+desktop and web viewers open at any zoom), `STEM_legend.png` (the classes found, with area
+%), `STEM_iiif/` (IIIF tiles of the scan and of the damage layers, a IIIF Presentation 3
+manifest and a local viewer page) and `STEM.json` (area % and connected regions per class
+with their bounding boxes, in mm^2 too when the scan declares its resolution; image size,
+model, backend). Every file appears under its name whole or not at all.
 """
 
 from __future__ import annotations
@@ -14,17 +19,20 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
-from scipy import ndimage
 from tqdm import tqdm
 
-from heritageseg.core.classes import CLASSES, OVERLAY_ALPHA, colourise
+from heritageseg.core.classes import CLASSES, OVERLAY_ALPHA, palette
 from heritageseg.core.config import MAX_PIXELS_OPTION, PredictConfig
 from heritageseg.core.errors import HeritagesegError
-from heritageseg.core.fileio import atomic_write_bytes, write_json
-from heritageseg.data.images import ImageError, image_files, read_rgb
+from heritageseg.core.fileio import atomic_file, atomic_write_bytes, write_json
+from heritageseg.data.images import ImageError, MaskPng, Scan, image_files, open_scan
+from heritageseg.infer.regions import RegionCounter
 
-_EIGHT_NEIGHBOURS = np.ones((3, 3), dtype=bool)
-_OVERLAY_BAND = 1024  # rows blended at a time
+_MM_PER_INCH = 25.4
+DEFAULT_WINDOW = PredictConfig()
+# Regions listed with their boxes per class, the largest first: a noisy map of a large scan
+# has millions of specks, all counted, none worth a line each.
+REGIONS_LISTED = 1000
 
 
 def registry_reference(uri: str) -> tuple[str, str | None, str | None] | None:
@@ -50,54 +58,99 @@ def model_identity(uri: str) -> tuple[str, str | None]:
     return name, None
 
 
-def damage_report(mask: np.ndarray, name: str, version: str | None, source: str) -> dict:
-    """Area % of the image and number of 8-connected regions, per class."""
-    total = mask.size
+def damage_report(counter: RegionCounter, scan: Scan, name: str, version: str | None) -> dict:
+    """Per class: pixels, area %, 8-connected regions with their bounding boxes
+    ([x, y, width, height]) and, when the scan declares its resolution, areas in mm^2."""
+    total = scan.width * scan.height
+    mm2 = None if scan.dpi is None else (_MM_PER_INCH / scan.dpi[0]) * (_MM_PER_INCH / scan.dpi[1])
+    by_label: dict[int, list] = {}
+    for region in counter.regions():  # the REGIONS_LISTED largest of each class
+        by_label.setdefault(region.label, []).append(region)
     classes = {}
     for entry in CLASSES:
-        where = mask == entry.id
-        pixels = int(where.sum())
-        regions = int(ndimage.label(where, structure=_EIGHT_NEIGHBOURS)[1]) if pixels else 0
-        classes[entry.name] = {"id": entry.id, "pixels": pixels,
-                               "area_pct": 100.0 * pixels / total, "regions": regions}  # fmt: skip
-    damaged = int(((mask != 0) & (mask < len(CLASSES))).sum())
+        regions = by_label.get(entry.id, [])
+        pixels = int(counter.pixels[entry.id])
+        classes[entry.name] = {
+            "id": entry.id, "pixels": pixels, "area_pct": 100.0 * pixels / total,
+            "area_mm2": None if mm2 is None else pixels * mm2,
+            "regions": int(counter.counts[entry.id]), "bbox": _box(counter, entry.id),
+        }  # fmt: skip
+        if entry.id != 0:  # Clean's pieces are not damage: counted, not listed
+            classes[entry.name]["region_boxes"] = [
+                {
+                    "bbox": [r.x, r.y, r.width, r.height],
+                    "pixels": r.pixels,
+                    "area_mm2": None if mm2 is None else r.pixels * mm2,
+                }
+                for r in regions
+            ]
+    damaged = int(counter.pixels[1 : len(CLASSES)].sum())
     return {
-        "image": source,
-        "width": int(mask.shape[1]),
-        "height": int(mask.shape[0]),
+        "image": scan.name,
+        "width": scan.width,
+        "height": scan.height,
+        "resolution_dpi": None if scan.dpi is None else list(scan.dpi),
         "model": {"name": name, "version": version},
         "damage_area_pct": 100.0 * damaged / total,
+        "damage_area_mm2": None if mm2 is None else damaged * mm2,
         "classes": classes,
     }
 
 
-def overlay(image: np.ndarray, mask: np.ndarray, report: dict) -> Image.Image:
-    """The image with damage in its class colours and a legend of the classes present.
-
-    Blended a band of rows at a time, in place in a uint8 copy: full-size float copies of
-    the image and of its colours cost ~25 bytes a pixel (3.3 GB at 133 Mpx)."""
-    picture = image.copy()
-    for top in range(0, mask.shape[0], _OVERLAY_BAND):
-        rows = slice(top, top + _OVERLAY_BAND)
-        damaged = mask[rows] != 0
-        part = picture[rows]
-        mixed = (1 - OVERLAY_ALPHA) * part[damaged].astype(np.float32)
-        mixed += OVERLAY_ALPHA * colourise(mask[rows])[damaged].astype(np.float32)
-        part[damaged] = mixed.round().astype(np.uint8)
-    picture = Image.fromarray(picture)
-    present = [(n, c) for n, c in report["classes"].items() if c["pixels"] and c["id"] != 0]
-    return _with_legend(picture, present or [("no damage found", None)])
+def _box(counter: RegionCounter, label: int) -> list[int] | None:
+    box = counter.extent(label)
+    return None if box is None else [box[0], box[1], box[2] - box[0] + 1, box[3] - box[1] + 1]
 
 
-def _with_legend(picture: Image.Image, entries: list[tuple[str, dict | None]]) -> Image.Image:
-    font = ImageFont.load_default(size=max(12, min(28, picture.width // 50)))
+def write_mask(segmenter, scan: Scan, path: Path, progress: tqdm) -> RegionCounter:
+    """Predict `scan` band by band into a PNG at `path`, counting pixels and regions."""
+    counter = RegionCounter(listed=REGIONS_LISTED)
+    with atomic_file(path) as temp, temp.open("wb") as stream:
+        png = MaskPng(stream, scan.width, scan.height)
+        for top, band in segmenter.bands(scan.rows(), scan.height, scan.width, progress.update):
+            png.write(np.ascontiguousarray(band))
+            counter.add(top, band)
+        png.close()
+    counter.finish()
+    return counter
+
+
+def damage_colours(mask):
+    """(colours, damaged) of a libvips label mask: the published class colours, and 255
+    where a pixel is not Clean (the unlabelled 255 included, in its own colour)."""
+    import pyvips
+
+    lut = pyvips.Image.new_from_array(palette().reshape(1, 256, 3), interpretation="srgb")
+    return mask.maplut(lut), mask != 0
+
+
+def overlay(pixels, mask):
+    """libvips pipeline: the class colours blended over `pixels` where `mask` is not Clean."""
+    colours, damaged = damage_colours(mask)
+    mixed = (pixels * (1 - OVERLAY_ALPHA) + colours * OVERLAY_ALPHA).rint().cast("uchar")
+    return damaged.ifthenelse(mixed, pixels)
+
+
+def write_overlay(scan: Scan, mask_png: Path, path: Path) -> None:
+    """The overlay as a tiled pyramidal TIFF (JPEG tiles, 256 px), read as it is written."""
+    picture = overlay(scan.pixels, _mask_image(mask_png))
+    big = scan.width * scan.height * 3 > 3 << 30  # classic TIFF ends at 4 GiB of offsets
+    with atomic_file(path) as temp:
+        picture.tiffsave(
+            str(temp), tile=True, pyramid=True, compression="jpeg", Q=90, tile_width=256,
+            tile_height=256, bigtiff=big,
+        )  # fmt: skip
+
+
+def legend(report: dict) -> Image.Image:
+    """The classes found, each with its colour, area % and number of regions."""
+    entries = [(n, c) for n, c in report["classes"].items() if c["pixels"] and c["id"] != 0]
+    entries = entries or [("no damage found", None)]
+    font = ImageFont.load_default(size=18)
     line = int(font.size * 1.6)
-    legend_width = max(220, int(font.size * 18))
-    canvas = Image.new("RGB", (picture.width + legend_width, max(picture.height,
-                       line * (len(entries) + 2))), "white")  # fmt: skip
-    canvas.paste(picture, (0, 0))
+    canvas = Image.new("RGB", (int(font.size * 22), line * (len(entries) + 2)), "white")
     draw = ImageDraw.Draw(canvas)
-    x = picture.width + line // 2
+    x = line // 2
     draw.text((x, line // 2), "Damage (area %)", fill="black", font=font)
     by_name = {c.name: c for c in CLASSES}
     for row, (name, entry) in enumerate(entries, start=1):
@@ -124,16 +177,34 @@ def write_damage_maps(
     out: Path,
     backend: str | None = None,
     *,
-    max_pixels: int = PredictConfig().max_pixels,
+    window: PredictConfig = DEFAULT_WINDOW,
     on_error: str = "stop",
+    iiif_base: str | None = None,
 ) -> tuple[list[dict], list[str]]:
     """Predict every image (files, or the images in a folder) with the pyfunc model at
-    `model_uri` (on `backend`, default: the model's own) and write the three files of each.
+    `model_uri` (on `backend`, default: the model's own; with the sliding `window` of
+    params.yaml's `predict`) and write the outputs of each.
 
     A bad image stops the run with its message (`on_error="stop"`) or is skipped and listed
-    in the failures returned beside the reports (`"skip"`)."""
-    import mlflow.pyfunc
+    in the failures returned beside the reports (`"skip"`). `iiif_base` is the URL the
+    `STEM_iiif` folders will be published under (default: their file:// location)."""
+    files = _checked_inputs(images, on_error)
+    segmenter = _load_segmenter(model_uri, backend, window)
+    name, version = model_identity(model_uri)
+    reports, failures = [], []
+    for path in tqdm(files, desc="damage maps", unit="img"):
+        try:
+            report = _map_one(segmenter, path, out, window, name, version, iiif_base)
+        except ImageError as exc:
+            if on_error == "stop":
+                raise
+            failures.append(str(exc))
+            continue
+        reports.append(report)
+    return reports, failures
 
+
+def _checked_inputs(images: Sequence[Path], on_error: str) -> list[Path]:
     files = image_files(list(images))
     missing = [str(p) for p in files if not p.is_file()]
     if missing and on_error == "stop":  # before the model loads and any image is mapped
@@ -145,30 +216,49 @@ def write_damage_maps(
             f"inputs share the file stem(s) {', '.join(twice)}; their outputs would collide: "
             "rename one or map them into separate --out folders"
         )
+    return files
+
+
+def _load_segmenter(model_uri: str, backend: str | None, window: PredictConfig):
+    import mlflow.pyfunc
+
     try:
         model = mlflow.pyfunc.load_model(model_uri)
     except Exception as exc:
         raise HeritagesegError(f"cannot load model {model_uri}: {exc}") from None
     segmenter = model.unwrap_python_model().segmenter
+    segmenter.use_window(window)
     if backend is not None:
         segmenter.use_backend(backend)
-    name, version = model_identity(model_uri)
-    reports, failures = [], []
-    for path in tqdm(files, desc="damage maps", unit="img"):
-        try:
-            image = read_rgb(path, max_pixels=max_pixels, name=str(path), option=MAX_PIXELS_OPTION)
-        except ImageError as exc:
-            if on_error == "stop":
-                raise
-            failures.append(str(exc))
-            continue
-        mask = segmenter.labels(image)  # what model.predict does, without a PNG round trip
-        report = {**damage_report(mask, name, version, str(path)), "backend": segmenter.backend}
-        atomic_write_bytes(out / f"{path.stem}.png", _png(Image.fromarray(mask, mode="L")))
-        atomic_write_bytes(out / f"{path.stem}_overlay.png", _png(overlay(image, mask, report)))
-        write_json(out / f"{path.stem}.json", report)
-        reports.append(report)
-    return reports, failures
+    return segmenter
+
+
+def _map_one(segmenter, path: Path, out: Path, window: PredictConfig, name: str,
+             version: str | None, iiif_base: str | None) -> dict:  # fmt: skip
+    from heritageseg.stages.iiif import write_iiif
+
+    def scan() -> Scan:  # each pass over a scan decodes it afresh, top to bottom
+        return open_scan(path, max_pixels=window.max_pixels, name=str(path),
+                         option=MAX_PIXELS_OPTION)  # fmt: skip
+
+    first = scan()
+    mask_png = out / f"{path.stem}.png"
+    tiles = segmenter.tiles(first.height, first.width)
+    with tqdm(total=tiles, desc=path.name, unit="tile", leave=False) as progress:
+        counter = write_mask(segmenter, first, mask_png, progress)
+    report = {**damage_report(counter, first, name, version), "backend": segmenter.backend,
+              "window": {"tile": segmenter.tile, "overlap": segmenter.overlap}}  # fmt: skip
+    write_overlay(scan(), mask_png, out / f"{path.stem}_overlay.tif")
+    atomic_write_bytes(out / f"{path.stem}_legend.png", _png(legend(report)))
+    write_iiif(scan().pixels, _mask_image(mask_png), report, out, path.stem, iiif_base)
+    write_json(out / f"{path.stem}.json", report)
+    return report
+
+
+def _mask_image(mask_png: Path):
+    import pyvips
+
+    return pyvips.Image.new_from_file(str(mask_png), access="sequential", fail_on="error")
 
 
 def summary_line(report: dict) -> str:
