@@ -148,17 +148,18 @@ def _check_inputs(scan: pyvips.Image, mask: pyvips.Image) -> None:
 def _write_scan(scan: pyvips.Image, staging: Path, base: str) -> dict:
     if "icc-profile-data" in scan.get_fields():
         scan = scan.icc_transform("srgb")  # tiles carry no profile: give them sRGB pixels
-    scan.copy(interpretation="srgb").dzsave(
-        str(staging / SCAN),
-        layout="iiif3",
-        id=base,
-        tile_size=TILE_SIZE,
-        overlap=0,
-        suffix=f".jpg[Q={JPEG_QUALITY}]",
-        keep="none",
-    )
-    info = _read_info(staging / SCAN)
-    _complete_tiles(staging / SCAN, info, "jpg")
+    quality = f"Q={JPEG_QUALITY}"
+    return _tiles(scan.copy(interpretation="srgb"), staging / SCAN, base, "jpg", quality)
+
+
+def _tiles(image: pyvips.Image, folder: Path, base: str, extension: str, options: str) -> dict:
+    """`image` as IIIF level-0 tiles in `folder` (every tile a client can ask for); its info."""
+    image.dzsave(
+        str(folder), layout="iiif3", id=base, tile_size=TILE_SIZE, overlap=0,
+        suffix=f".{extension}[{options}]", keep="none",
+    )  # fmt: skip
+    info = _read_info(folder)
+    _complete_tiles(folder, info, extension)
     return info
 
 
@@ -189,17 +190,7 @@ def _write_layer(
     labels: pyvips.Image, lut: pyvips.Image, staging: Path, name: str, base: str
 ) -> dict:
     rgba = labels.maplut(lut).copy(interpretation="srgb")
-    rgba.dzsave(
-        str(staging / name),
-        layout="iiif3",
-        id=base,
-        tile_size=TILE_SIZE,
-        overlap=0,
-        suffix=f".png[compression={PNG_COMPRESSION}]",
-        keep="none",
-    )
-    info = _read_info(staging / name)
-    _complete_tiles(staging / name, info, "png")
+    info = _tiles(rgba, staging / name, base, "png", f"compression={PNG_COMPRESSION}")
     info["preferredFormats"] = ["png"]
     (staging / name / "info.json").write_text(json.dumps(info, indent=2) + "\n")
     return info
