@@ -131,6 +131,17 @@ def test_the_served_model_answers_400_for_an_image_over_its_limit(tmp_path):
     assert caught.value.get_http_status_code() == 400
 
 
+def test_a_served_model_keeps_the_window_and_limit_it_was_registered_with():
+    from heritageseg.infer.serving import serving_window
+
+    logged = {"arch": "segformer", "max_pixels": 5_000, "tile": 256, "overlap": 0.25,
+              "batch_size": 8}  # fmt: skip
+    assert serving_window(logged) == PredictConfig(max_pixels=5_000, tile=256, overlap=0.25,
+                                                   batch_size=8)  # fmt: skip
+    older = serving_window({"arch": "segformer", "overlap": 32})  # an overlap in pixels
+    assert (older.tile, older.max_pixels) == (None, LIMIT)
+
+
 def test_predict_names_every_missing_image_before_it_loads_the_model(tmp_path):
     from heritageseg.stages.predict import write_damage_maps
 

@@ -70,6 +70,15 @@ def _encode_mask(mask: np.ndarray) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def serving_window(serving: dict) -> PredictConfig:
+    """The `predict` settings a model was registered with (its serving.json). A model from
+    before the window was logged has only an overlap in pixels: the training size's tile."""
+    if "tile" not in serving:
+        return PredictConfig(max_pixels=serving.get("max_pixels", MAX_PIXELS), tile=None)
+    known = {f.name for f in dataclasses.fields(PredictConfig)}
+    return PredictConfig(**{k: v for k, v in serving.items() if k in known})
+
+
 class Segmenter:
     """The network rebuilt from a model folder (config.json + model.safetensors), with the
     int8 graph `export onnx --int8` wrote for it when the model was registered with one."""
@@ -132,15 +141,12 @@ class SegmentationModel(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context) -> None:
         serving = json.loads(Path(context.artifacts["serving"]).read_text())
-        known = {f.name for f in dataclasses.fields(PredictConfig)}
-        window = PredictConfig(**{k: v for k, v in serving.items() if k in known})
-        if "tile" not in serving:  # registered before the window was logged: the training size
-            window = dataclasses.replace(window, tile=None)
+        window = serving_window(serving)
         self.segmenter = Segmenter(
             context.artifacts["weights"], context.artifacts["config"], window,
             int8_graph=context.artifacts.get("int8_graph"), arch=serving.get("arch", "ARCH"),
         )  # fmt: skip
-        if "tile" not in serving:  # ... and an overlap in pixels
+        if "tile" not in serving:  # registered before the window was: its overlap in pixels
             self.segmenter.overlap = serving["overlap"]
         self.max_pixels = window.max_pixels
 
