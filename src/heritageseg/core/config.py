@@ -317,7 +317,7 @@ class PredictConfig:
     # for one size (MaxViT's windows), use the training size. Measured on the laptop model
     # (96 px): 256-512 px tiles are ~3x faster but relabel ~6 % of pixels, so None here.
     tile: Annotated[int, Ge(32), MultipleOf(32)] | None = None
-    overlap: Annotated[float, Ge(0.0), Le(0.5)] = 1 / 3  # share of the tile neighbours overlap
+    overlap: Annotated[float, Ge(0.0), Le(0.5)] = 0.3333  # share of the tile neighbours overlap
     batch_size: Count = 32  # tiles per forward pass: small tiles need many to be efficient
 
     def __post_init__(self) -> None:
