@@ -50,10 +50,12 @@ def _modes() -> dict[str, Image.Image]:
 def test_a_scan_read_in_bands_equals_the_whole_image_reader_in_every_mode(tmp_path, name):
     path = tmp_path / name
     _modes()[name].save(path)
-    rows = _open(path).rows()
+    scan = _open(path)
+    rows = scan.rows()
     parts = [rows(0, 90), rows(60, 150)[30:], rows(150, 203)]  # overlapping, as the sweep asks
-    np.testing.assert_array_equal(np.concatenate(parts), read_rgb(
-        path, max_pixels=LIMIT, name=name, option=MAX_PIXELS_OPTION))  # fmt: skip
+    expected = read_rgb(path, max_pixels=LIMIT, name=name, option=MAX_PIXELS_OPTION)
+    np.testing.assert_array_equal(np.concatenate(parts), expected)
+    np.testing.assert_array_equal(scan.again().rows()(0, 203), expected)  # a second pass
 
 
 def test_48_bit_rgb_keeps_the_high_byte_as_pil_does(tmp_path):

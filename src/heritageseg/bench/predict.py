@@ -36,7 +36,8 @@ def synthetic_scan(path: Path, megapixels: float) -> tuple[int, int]:
 
     width = round(math.sqrt(megapixels * 1e6 * 4 / 3))
     height = round(megapixels * 1e6 / width)
-    x, y = pyvips.Image.xyz(width, height)[0], pyvips.Image.xyz(width, height)[1]
+    xyz = pyvips.Image.xyz(width, height)
+    x, y = xyz[0], xyz[1]
     colour = (x * (200 / width) + 30).bandjoin([y * (180 / height) + 40, (x + y) % 211 + 20])
     grain = pyvips.Image.gaussnoise(width, height, sigma=10)
     lines = ((x % 997) < 3) | ((y % 1231) < 3)  # crack-like lines every ~1000 px

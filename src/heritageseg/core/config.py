@@ -324,6 +324,9 @@ class PredictConfig:
         check_fields(self)
 
 
+PREDICT_DEFAULTS = PredictConfig()  # one instance for argument defaults
+
+
 @dataclass(frozen=True)
 class TrackingConfig:
     """MLflow. The env MLFLOW_TRACKING_URI wins over `uri`; None: sqlite:///mlruns/mlflow.db."""

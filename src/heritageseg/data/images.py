@@ -13,6 +13,7 @@ the file top to bottom as rows are asked for (`ScanRows`), giving the same pixel
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import struct
 import warnings
@@ -163,6 +164,7 @@ class Scan:
     name: str
     pixels: pyvips.Image
     dpi: tuple[float, float] | None
+    grey_scale: float | None = None  # 16-bit greyscale: the divisor its maximum chose
 
     @property
     def width(self) -> int:
@@ -174,6 +176,13 @@ class Scan:
 
     def rows(self) -> ScanRows:
         return ScanRows(self.pixels, self.name)
+
+    def again(self) -> Scan:
+        """The same scan opened afresh for another pass (a sequential pipeline is read once),
+        its size, resolution and greyscale divisor already known."""
+        image = _vips_open(self.path, self.name)
+        pixels, _ = _vips_rgb(image, self.path, self.name, self.grey_scale)
+        return dataclasses.replace(self, pixels=pixels)
 
 
 def open_scan(path: Path, *, max_pixels: int, name: str, option: str) -> Scan:
@@ -188,7 +197,8 @@ def open_scan(path: Path, *, max_pixels: int, name: str, option: str) -> Scan:
     image = _vips_open(path, name)
     if image.width * image.height > max_pixels:  # a format PIL cannot read the header of
         raise ImageTooLarge(_too_large(name, max_pixels, option, image.width, image.height))
-    return Scan(path, name, _vips_rgb(image, path, name), dpi)
+    pixels, grey_scale = _vips_rgb(image, path, name)
+    return Scan(path, name, pixels, dpi, grey_scale)
 
 
 class ScanRows:
@@ -236,21 +246,26 @@ def _vips_open(path: Path, name: str) -> pyvips.Image:
         raise ImageError(f"{name}: unreadable image header ({_vips_reason(exc)})") from None
 
 
-def _vips_rgb(image: pyvips.Image, path: Path, name: str) -> pyvips.Image:
-    """`image` as 3-band uint8 RGB, converted the way `to_rgb` converts PIL's modes."""
+def _vips_rgb(
+    image: pyvips.Image, path: Path, name: str, grey_scale: float | None = None
+) -> tuple[pyvips.Image, float | None]:
+    """`image` as 3-band uint8 RGB, converted the way `to_rgb` converts PIL's modes, and the
+    divisor of a 16-bit greyscale image (from its maximum: a pass of its own unless given)."""
     bands, fmt = image.bands, image.format
     if fmt == "uchar" and image.interpretation == "cmyk" and bands == 4:
-        return _cmyk_to_rgb(image)
+        return _cmyk_to_rgb(image), None
     if fmt == "uchar":
         grey = bands < 3
-        return image[0].bandjoin([image[0], image[0]]) if grey else image.extract_band(0, n=3)
+        rgb = image[0].bandjoin([image[0], image[0]]) if grey else image.extract_band(0, n=3)
+        return rgb, None
     if fmt == "ushort" and bands < 3:  # 16-bit greyscale: scaled by the whole image's maximum
-        scale = 257.0 if _vips_open(path, name)[0].max() > 255 else 1.0
-        grey = (image[0] / scale).rint().cast("uchar")
-        return grey.bandjoin([grey, grey])
+        if grey_scale is None:
+            grey_scale = 257.0 if _vips_open(path, name)[0].max() > 255 else 1.0
+        grey = (image[0] / grey_scale).rint().cast("uchar")
+        return grey.bandjoin([grey, grey]), grey_scale
     if fmt == "ushort":  # 48-bit RGB(A): PIL keeps the high byte
-        return (image.extract_band(0, n=3) >> 8).cast("uchar")
-    return _in_memory(path, name, image.width * image.height)  # float, 32-bit: rare; whole
+        return (image.extract_band(0, n=3) >> 8).cast("uchar"), None
+    return _in_memory(path, name, image.width * image.height), None  # float, 32-bit: whole
 
 
 def _cmyk_to_rgb(image: pyvips.Image) -> pyvips.Image:

@@ -27,15 +27,14 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from PIL import Image
 
-from heritageseg.core.config import MAX_PIXELS_OPTION, PredictConfig
+from heritageseg.core.config import MAX_PIXELS_OPTION, PREDICT_DEFAULTS, PredictConfig
 from heritageseg.data.images import ImageError, read_rgb
 from heritageseg.infer.window import RowSource, predict_bands, sliding_window_predict, tile_count
 from heritageseg.nn.checkpoint import load_checkpoint
 from heritageseg.nn.models import fixed_input_size
 
 IMAGE_COLUMN = "image"
-DEFAULT_WINDOW = PredictConfig()
-MAX_PIXELS = DEFAULT_WINDOW.max_pixels  # for models registered before the limit was logged
+MAX_PIXELS = PREDICT_DEFAULTS.max_pixels  # for models registered before the limit was logged
 SERVING_LIMIT_OPTION = f"{MAX_PIXELS_OPTION}, logged with the model at registration"
 OUTPUT_COLUMNS = ("mask", "height", "width")
 
@@ -87,7 +86,7 @@ class Segmenter:
         self,
         weights: Path,
         config: Path,
-        window: PredictConfig = DEFAULT_WINDOW,
+        window: PredictConfig = PREDICT_DEFAULTS,
         backend: str | None = None,
         int8_graph: Path | None = None,
         arch: str = "ARCH",

@@ -22,14 +22,13 @@ from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
 from heritageseg.core.classes import CLASSES, OVERLAY_ALPHA, palette
-from heritageseg.core.config import MAX_PIXELS_OPTION, PredictConfig
+from heritageseg.core.config import MAX_PIXELS_OPTION, PREDICT_DEFAULTS, PredictConfig
 from heritageseg.core.errors import HeritagesegError
 from heritageseg.core.fileio import atomic_file, atomic_write_bytes, write_json
 from heritageseg.data.images import ImageError, MaskPng, Scan, image_files, open_scan
 from heritageseg.infer.regions import RegionCounter
 
 _MM_PER_INCH = 25.4
-DEFAULT_WINDOW = PredictConfig()
 # Regions listed with their boxes per class, the largest first: a noisy map of a large scan
 # has millions of specks, all counted, none worth a line each.
 REGIONS_LISTED = 1000
@@ -177,7 +176,7 @@ def write_damage_maps(
     out: Path,
     backend: str | None = None,
     *,
-    window: PredictConfig = DEFAULT_WINDOW,
+    window: PredictConfig = PREDICT_DEFAULTS,
     on_error: str = "stop",
     iiif_base: str | None = None,
 ) -> tuple[list[dict], list[str]]:
@@ -237,20 +236,16 @@ def _map_one(segmenter, path: Path, out: Path, window: PredictConfig, name: str,
              version: str | None, iiif_base: str | None) -> dict:  # fmt: skip
     from heritageseg.stages.iiif import write_iiif
 
-    def scan() -> Scan:  # each pass over a scan decodes it afresh, top to bottom
-        return open_scan(path, max_pixels=window.max_pixels, name=str(path),
-                         option=MAX_PIXELS_OPTION)  # fmt: skip
-
-    first = scan()
+    first = open_scan(path, max_pixels=window.max_pixels, name=str(path), option=MAX_PIXELS_OPTION)
     mask_png = out / f"{path.stem}.png"
     tiles = segmenter.tiles(first.height, first.width)
     with tqdm(total=tiles, desc=path.name, unit="tile", leave=False) as progress:
         counter = write_mask(segmenter, first, mask_png, progress)
     report = {**damage_report(counter, first, name, version), "backend": segmenter.backend,
               "window": {"tile": segmenter.tile, "overlap": segmenter.overlap}}  # fmt: skip
-    write_overlay(scan(), mask_png, out / f"{path.stem}_overlay.tif")
+    write_overlay(first.again(), mask_png, out / f"{path.stem}_overlay.tif")
     atomic_write_bytes(out / f"{path.stem}_legend.png", _png(legend(report)))
-    write_iiif(scan().pixels, _mask_image(mask_png), report, out, path.stem, iiif_base)
+    write_iiif(first.again().pixels, _mask_image(mask_png), report, out, path.stem, iiif_base)
     write_json(out / f"{path.stem}.json", report)
     return report
 
