@@ -8,7 +8,7 @@ NODE_STAMP := node_modules/.installed
 export NO_ALBUMENTATIONS_UPDATE := 1
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup test test-fast lint repro bench clean
+.PHONY: setup test test-fast lint repro bench gpu-check clean
 
 setup: $(STAMP) $(NODE_STAMP)
 
@@ -45,6 +45,10 @@ repro: setup
 
 bench: setup
 	$(BIN)/heritageseg bench data
+
+# On a machine with a GPU: prove the CUDA paths, write reports/gpu.md (README "On a GPU").
+gpu-check: setup
+	$(BIN)/heritageseg bench gpu
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache

@@ -198,6 +198,17 @@ def _add_bench_commands(commands) -> None:
         "--work", type=Path, help="folder for scans and maps (default: temp)"
     )
     bench_predict.set_defaults(handler=_bench_predict)
+    bench_gpu = bench_kinds.add_parser(
+        "gpu", help="prove the CUDA paths: training, inference backends, DDP, data rate"
+    )
+    bench_gpu.add_argument("--device", default="cuda", help="cuda, cuda:N, or cpu (with --smoke)")
+    bench_gpu.add_argument(
+        "--smoke", action="store_true", help="the laptop models, a few steps (minutes on a CPU)"
+    )
+    bench_gpu.add_argument("--steps", type=int, help="training steps per model and precision")
+    bench_gpu.add_argument("--budget-s", type=float, help="sections past it are not run")
+    _folder(bench_gpu, "--out", paths.GPU_REPORT, "report (+ .json beside it)")
+    bench_gpu.set_defaults(handler=_bench_gpu)
 
 
 def _add_mlflow_commands(commands) -> None:
@@ -604,6 +615,37 @@ def _bench_predict(args: argparse.Namespace) -> None:
     for row in figures:
         print(f"  {row.width:>6}x{row.height:<6} {row.megapixels:6.1f} {row.seconds:8.1f} "
               f"{row.mpx_s:6.2f} {row.peak_rss_mb:12.0f}")  # fmt: skip
+
+
+def _bench_gpu(args: argparse.Namespace) -> None:
+    import torch
+
+    from heritageseg.bench.gpu import GpuCheck, bench_gpu, failures
+    from heritageseg.ops.profiles import profile_params
+
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise HeritagesegError(
+            "bench gpu: no CUDA device is visible; on a CPU run `heritageseg bench gpu "
+            "--device cpu --smoke`"
+        )
+    if device.type != "cuda" and not args.smoke:
+        raise HeritagesegError("bench gpu: the paper-size check needs CUDA; add --smoke")
+    params = load_params(args.params)
+    if args.smoke:  # the laptop models of params.yaml, small batches, a few steps
+        check = GpuCheck(
+            device, params.train, steps=12, infer_batch=4, infer_batches=2, records=24,
+            record_size=(64, 160), loader_workers=2, budget_s=900.0, compile_archs=("segformer",),
+            smoke=True,
+        )  # fmt: skip
+    else:  # the reference's models and batch sizes, from profiles/paper.yaml
+        check = GpuCheck(device, profile_params("paper", params).train)
+    check = with_overrides(check, steps=args.steps, budget_s=args.budget_s)
+    report = bench_gpu(check, Path(args.out))
+    print(Path(args.out).read_text())
+    print(f"written to {args.out} and {Path(args.out).with_suffix('.json')}")
+    if failed := failures(report):
+        raise HeritagesegError(f"bench gpu: {len(failed)} check(s) failed: {'; '.join(failed)}")
 
 
 def _bench_infer(args: argparse.Namespace) -> None:

@@ -134,7 +134,7 @@ def _loader_rate(kind: str, raw: str, cache: str, size: int, workers: int, queue
     queue.put({"img_s": rate, "peak_mb": (peak_kb + workers * child_kb) / 1024})
 
 
-def _measure_loader(kind: str, raw: Path, cache: Path, size: int, workers: int) -> dict:
+def measure_loader(kind: str, raw: Path, cache: Path, size: int, workers: int) -> dict:
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
@@ -153,8 +153,8 @@ def bench_data(params, size: int, workers: int, train_size: int | None) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         raw, cache = prepare_bench_cache(params.ingest, Path(folder), size)
         figures = {
-            "cache": _measure_loader("cache", raw, cache, size, workers),
-            "decode": _measure_loader("decode", raw, cache, size, workers),
+            "cache": measure_loader("cache", raw, cache, size, workers),
+            "decode": measure_loader("decode", raw, cache, size, workers),
         }
     figures["train_img_s"] = {}
     for arch in ARCHS:

@@ -22,6 +22,7 @@ METRICS = Path("metrics")  # evaluate: metrics/ARCH/
 LOCO = METRICS / "loco"  # loco: metrics/loco/BY/ARCH/
 REPORTS = Path("reports")  # report
 INFERENCE_REPORT = REPORTS / "inference.md"  # bench infer (+ .json beside it)
+GPU_REPORT = REPORTS / "gpu.md"  # bench gpu (+ .json beside it)
 
 # ------------------------------------------------------------ data/raw
 MANIFEST = "manifest.json"

@@ -55,11 +55,22 @@ def _replaced(match: re.Match, value: str, line: str) -> str:
     return padded + line[column:]
 
 
-def apply_profile(name: str, params_path: Path, folder: Path = PROFILES) -> dict[str, object]:
-    """Write profile `name` into params_path; return the values it set."""
+def _profile_file(name: str, folder: Path) -> Path:
     source = folder / f"{name}.yaml"
     if not source.is_file():
         raise ConfigError(f"no profile {name!r}; available: {', '.join(available(folder))}")
+    return source
+
+
+def profile_params(name: str, base: Params, folder: Path = PROFILES) -> Params:
+    """`base` with profile `name` laid over it, without touching any file."""
+    source = _profile_file(name, folder)
+    return from_mapping(Params, yaml.safe_load(source.read_text()) or {}, str(source), base)
+
+
+def apply_profile(name: str, params_path: Path, folder: Path = PROFILES) -> dict[str, object]:
+    """Write profile `name` into params_path; return the values it set."""
+    source = _profile_file(name, folder)
     values = flatten_keys(yaml.safe_load(source.read_text()) or {})
     text = set_values(params_path.read_text(), values)
     from_mapping(Params, yaml.safe_load(text), where=f"{params_path} with profile {name}")
