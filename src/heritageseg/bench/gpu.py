@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from heritageseg.core.classes import NUM_CLASSES
 from heritageseg.core.config import ARCHS, IngestConfig, ModelConfig, TrainConfig
 from heritageseg.core.errors import HeritagesegError
 from heritageseg.core.fileio import atomic_write_text, write_json
@@ -49,6 +50,7 @@ REFERENCE_V100_IMG_S = {"convnext": 122.6, "segformer": 81.9, "maxvit": 65.1}
 REFERENCE_V100_TRAIN = "SegFormer-B3 U-Net: ~10 h for 50 epochs on one V100"
 PRECISIONS = ("fp16", "bf16")
 INFER_BACKENDS = ("eager", "fp16", "bf16", "compile")
+DDP_WORLD = 2  # processes in the DDP check
 CHUNKS = 4  # the training steps run as this many passes: the first warms up, losses compared
 
 
@@ -202,7 +204,7 @@ def train_check(
     if cuda_bf16 and not torch.cuda.is_bf16_supported():
         return row | {"status": "not run: this GPU has no bf16"}, None
     model = _seeded_model(cfg, device, check.train.seed)
-    loss_fn = build_loss(check.train.loss, torch.ones(16, device=device), cfg.head)
+    loss_fn = build_loss(check.train.loss, torch.ones(NUM_CLASSES, device=device), cfg.head)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=check.train.lr_for(arch), weight_decay=check.train.weight_decay
     )
@@ -296,37 +298,37 @@ def ddp_check(check: GpuCheck, pool: tuple, folder: Path) -> dict:
         return {"status": f"not run: {torch.cuda.device_count()} GPU visible, DDP needs two"}
     backend = "nccl" if check.device.type == "cuda" else "gloo"
     cfg = check.models()["segformer"]
-    cfg = replace(cfg, batch_size=2 * math.ceil(cfg.batch_size / 2))
+    cfg = replace(cfg, batch_size=DDP_WORLD * math.ceil(cfg.batch_size / DDP_WORLD))
     images, masks = (t.cpu() for t in pool)
     torch.save({"images": images, "masks": masks}, folder / "pool.pt")
     start = time.perf_counter()
     torch.multiprocessing.start_processes(
-        _ddp_rank, args=(2, backend, cfg, check.train, str(folder)), nprocs=2,
+        _ddp_rank, args=(DDP_WORLD, backend, cfg, check.train, str(folder)), nprocs=DDP_WORLD,
         start_method="spawn",
     )  # fmt: skip
     seconds = time.perf_counter() - start
-    ranks = [torch.load(folder / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    ranks = [torch.load(folder / f"rank{r}.pt", weights_only=True) for r in range(DDP_WORLD)]
     same_weights = all(
         torch.equal(ranks[0]["state"][k], ranks[1]["state"][k]) for k in ranks[0]["state"]
     )
     single = _seeded_model(cfg, check.device, 0)
     single.load_state_dict(ranks[0]["state"])
     whole = evaluate(
-        single, _halves(images, masks, check.device, cfg.batch_size // 2), None,
+        single, _in_order(images, masks, check.device, cfg.batch_size // DDP_WORLD), None,
         precision=resolve_precision("fp32", check.device), device=check.device,
     )  # fmt: skip
     equal = torch.equal(ranks[0]["confusion"], whole.confusion.matrix)
     return {
         "status": "ok" if equal and same_weights else "FAILED",
-        "backend": backend, "processes": 2, "seconds": seconds,
+        "backend": backend, "processes": DDP_WORLD, "seconds": seconds,
         "ranks_same_weights": same_weights, "confusion_equal": equal,
         "images": len(images),
         "train_loss_reduced": ranks[0]["train_loss"],
     }  # fmt: skip
 
 
-def _halves(images, masks, device, batch):
-    """The whole pool in batches, as the single process sees it."""
+def _in_order(images, masks, device, batch):
+    """`images` in batches of `batch`, in order: a rank's shard, or the single process's all."""
     for i in range(0, len(images), batch):
         yield {"image": images[i : i + batch].to(device), "mask": masks[i : i + batch].to(device)}
 
@@ -349,7 +351,7 @@ def _ddp_rank(rank: int, world: int, backend: str, cfg, train: TrainConfig, fold
         ids = [device] if device.type == "cuda" else None
         ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
         fp32 = resolve_precision("fp32", device)
-        loss_fn = build_loss(train.loss, torch.ones(16, device=device), cfg.head)
+        loss_fn = build_loss(train.loss, torch.ones(NUM_CLASSES, device=device), cfg.head)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
         stats = train_one_epoch(
             ddp, _batches(images.to(device), masks.to(device), cfg.batch_size // world, 3, 0),
@@ -357,7 +359,7 @@ def _ddp_rank(rank: int, world: int, backend: str, cfg, train: TrainConfig, fold
         )  # fmt: skip
         for buffer in model.buffers():  # BatchNorm statistics: rank 0's, as DDP's forward does
             dist.broadcast(buffer, 0)
-        shard = _halves(images, masks, device, cfg.batch_size // world)
+        shard = _in_order(images, masks, device, cfg.batch_size // world)
         result = evaluate(model, shard, None, precision=fp32, device=device)
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         out = {"state": state, "confusion": result.confusion.matrix, "train_loss": stats.loss}
@@ -419,10 +421,11 @@ def bench_gpu(check: GpuCheck, out: Path) -> GpuReport:
                 report.inference += infer_check(check, arch, model.eval(), pool[0])
             del pool, trained
             write_gpu_report(report, out)
-        segformer = check.models()["segformer"]
-        spent = deadline.spent()
-        pool = image_pool(cache, segformer, torch.device("cpu"))
-        report.ddp = {"status": spent} if spent else ddp_check(check, pool, Path(work))
+        if spent := deadline.spent():
+            report.ddp = {"status": spent}
+        else:
+            pool = image_pool(cache, check.models()["segformer"], torch.device("cpu"))
+            report.ddp = ddp_check(check, pool, Path(work))
         write_gpu_report(report, out)
         if spent := deadline.spent():
             report.data = [{"status": spent}]
