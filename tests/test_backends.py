@@ -29,8 +29,10 @@ from heritageseg.infer.backends import (
     build_predictor,
     check_backend,
     default_backend,
+    export_onnx_bytes,
     export_trained_onnx,
     exported_int8_graph,
+    onnx_predictor,
 )
 from heritageseg.nn.checkpoint import save_weights
 from heritageseg.nn.engine import _cpu_has_bf16
@@ -61,6 +63,14 @@ def test_onnx_matches_eager_fp32_with_dynamic_batch_and_size(encoder: str):
         reference = eager(batch)
         assert _relative_error(reference, onnx(batch)) < 1e-4
         assert agreement(reference, onnx(batch)) > 0.999
+
+
+def test_a_batch_split_across_per_core_sessions_keeps_its_order_and_values():
+    graph = export_onnx_bytes(_model(), SIZE)
+    whole, split = onnx_predictor(graph, workers=1), onnx_predictor(graph, workers=2)
+    for count in (1, 2, 5):  # smaller than, equal to and not a multiple of the workers
+        batch = _batch(count)
+        assert _relative_error(whole(batch), split(batch)) < 1e-5, count
 
 
 def test_int8_keeps_logits_close_to_eager():

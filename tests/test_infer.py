@@ -116,6 +116,21 @@ def test_the_band_and_column_sweep_equals_whole_image_blending(height, width, ti
     np.testing.assert_array_equal(swept, expected)
 
 
+def test_tied_logits_take_the_first_class_as_argmax_does():
+    """The sweep's labels come from max(0).indices: ties must still go to the lower class."""
+    tied = torch.zeros(5, 32, 32)
+    tied[2:] = 1.0  # classes 2, 3 and 4 tie for the maximum everywhere
+
+    def predict(batch: torch.Tensor) -> torch.Tensor:
+        return tied.expand(len(batch), -1, -1, -1).clone()
+
+    labels = sliding_window_predict(
+        predict, _image(50, 70), tile=32, overlap=8, num_classes=5, mean=MEAN, std=STD
+    )
+    assert tied.argmax(0)[0, 0] == 2
+    assert (labels == 2).all()
+
+
 def test_rows_are_asked_for_one_band_at_a_time_top_to_bottom():
     from heritageseg.infer.window import predict_bands, tile_count
 
