@@ -46,6 +46,7 @@ import pyvips
 from heritageseg.core.classes import CLASSES, DAMAGE_IDS, OVERLAY_ALPHA
 from heritageseg.core.errors import HeritagesegError
 from heritageseg.core.fileio import atomic_dir
+from heritageseg.data.images import streamed_image
 
 NODE_MODULES_ENV = "HERITAGESEG_NODE_MODULES"
 OSD_BUILD = Path("openseadragon", "build", "openseadragon")
@@ -181,7 +182,7 @@ def _random_access_copy(image: pyvips.Image, path: Path) -> Iterator[pyvips.Imag
     side = min(512, 16 * math.ceil(max(image.width, image.height) / 16))
     image.tiffsave(str(path), tile=True, tile_width=side, tile_height=side, compression="deflate")
     try:
-        yield pyvips.Image.new_from_file(str(path))
+        yield streamed_image(path)
     finally:
         path.unlink(missing_ok=True)
 

@@ -25,7 +25,14 @@ from heritageseg.core.classes import CLASSES, OVERLAY_ALPHA, palette
 from heritageseg.core.config import MAX_PIXELS_OPTION, PREDICT_DEFAULTS, PredictConfig
 from heritageseg.core.errors import HeritagesegError
 from heritageseg.core.fileio import atomic_file, atomic_write_bytes, write_json
-from heritageseg.data.images import ImageError, MaskPng, Scan, image_files, open_scan
+from heritageseg.data.images import (
+    ImageError,
+    MaskPng,
+    Scan,
+    image_files,
+    open_scan,
+    streamed_image,
+)
 from heritageseg.infer.regions import RegionCounter
 
 _MM_PER_INCH = 25.4
@@ -251,9 +258,7 @@ def _map_one(segmenter, path: Path, out: Path, window: PredictConfig, name: str,
 
 
 def _mask_image(mask_png: Path):
-    import pyvips
-
-    return pyvips.Image.new_from_file(str(mask_png), access="sequential", fail_on="error")
+    return streamed_image(mask_png, access="sequential", fail_on="error")
 
 
 def summary_line(report: dict) -> str:
