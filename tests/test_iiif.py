@@ -17,7 +17,7 @@ from PIL import Image
 from heritageseg.core.classes import CLASSES, OVERLAY_ALPHA
 from heritageseg.core.errors import HeritagesegError
 from heritageseg.stages import iiif
-from tests.browser import ink, screenshot
+from tests.browser import Tab, ink, screenshot
 
 PAPER = (236, 226, 204)  # the scan: plain paper, so blended class colours are predictable
 # class id -> rectangle as fractions of the image (x, y, w, h)
@@ -299,3 +299,33 @@ def test_viewer_shows_the_overlay_and_hides_classes_from_the_address(written, tm
     off = screenshot(f"{page}?overlay=off", tmp_path / "off.png", wait_ms=8000)
     assert all(_near(off, _blended(cid)) < 0.0005 for cid in RECTS)
     assert _near(off, PAPER) > _near(shown, PAPER)
+
+
+# every layer added and fully loaded, and nothing waiting to be drawn
+_DRAWN = (
+    "items.size === CONFIG.layers.length && [...Array(viewer.world.getItemCount()).keys()]"
+    ".every((i) => viewer.world.getItemAt(i).getFullyLoaded()) && !viewer.world.needsDraw()"
+)
+
+
+@pytest.mark.browser
+def test_clicking_the_checkboxes_hides_a_class_then_the_whole_overlay(written, tmp_path):
+    with Tab(tmp_path) as tab:
+        tab.open((written / "viewer.html").resolve().as_uri(), _DRAWN)
+        shown = tab.screenshot(tmp_path / "clicked_none.png")
+        assert all(_near(shown, _blended(cid)) > 0.01 for cid in RECTS)
+        tab.click('input.layer[data-id="5"]')
+        tab.wait_for(f"items.get(5).getOpacity() === 0 && {_DRAWN}")
+        no5 = tab.screenshot(tmp_path / "clicked_class_5.png")
+        assert _near(no5, _blended(5)) < 0.0005
+        assert _near(no5, _blended(1)) > 0.01 and _near(no5, _blended(9)) > 0.01
+        tab.click("#overlay")
+        tab.wait_for(f"items.get(1).getOpacity() === 0 && {_DRAWN}")
+        off = tab.screenshot(tmp_path / "clicked_overlay.png")
+        assert all(_near(off, _blended(cid)) < 0.0005 for cid in RECTS)
+        tab.click("#overlay")  # back on: the class unticked before stays hidden
+        tab.wait_for(f"items.get(1).getOpacity() === 1 && {_DRAWN}")
+        back = tab.screenshot(tmp_path / "clicked_overlay_again.png")
+        assert _near(back, _blended(1)) > 0.01 and _near(back, _blended(5)) < 0.0005
+    for shot in (shown, no5, off, back):
+        shutil.copyfile(shot, f"/tmp/{shot.name}")
