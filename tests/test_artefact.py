@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from heritageseg.core.config import RECORD_MAX_PIXELS
 from heritageseg.core.errors import DataError, RecordError
 from heritageseg.data.artefact import (
-    MAX_IMAGE_PIXELS,
     PUBLISHED_COLUMNS,
     SCHEMA,
     check_record,
@@ -169,19 +169,18 @@ def test_reader_memory_does_not_grow_with_the_data_set(tmp_path):
 
 
 def test_pixel_limit_is_raised_deliberately_not_removed():
-    assert MAX_IMAGE_PIXELS == 243_748_701
-    assert Image.MAX_IMAGE_PIXELS not in (None, MAX_IMAGE_PIXELS)  # nothing global changed
+    assert RECORD_MAX_PIXELS >= 1_000_000_000
+    assert Image.MAX_IMAGE_PIXELS not in (None, RECORD_MAX_PIXELS)  # nothing global changed
 
 
 @pytest.mark.slow
-def test_largest_artefact_size_is_accepted_and_larger_refused():
-    width, height = 12_300, 10_820  # ~133 M pixels, the largest published image
-    image = encode_png(np.zeros((height, width), np.uint8), mode="L")
-    raw = make_raw("cbig", image=None)
-    raw = _with(raw, image=image, annotation=image)
-    check = check_record(raw)
-    assert (check.width, check.height) == (width, height)
-    too_big = Image.new("1", (20_000, 12_500))  # 250 M pixels
-    huge = _png(too_big)
-    with pytest.raises(RecordError, match=r"cbig.*image is larger than the 243,748,701 pixels"):
-        check_record(_with(raw, image=huge))
+def test_a_record_beyond_the_dataset_cards_limit_decodes_and_a_lower_limit_refuses_it():
+    width, height = 20_000, 12_500  # 250 M pixels: over the card's 243,748,701 (and PIL's)
+    flat = encode_png(np.zeros((height, width), np.uint8), mode="L")
+    raw = _with(make_raw("cbig", image=None), image=flat, annotation=flat)
+    record = decode_record(raw)  # as prepare and the native evaluation read it
+    assert record.image.shape == (height, width, 3) and record.mask.shape == (height, width)
+    del record
+    with pytest.raises(RecordError, match=r"cbig.*image is 20000 x 12500 = 250,000,000 pixels, "
+                       r"over the limit of 243,748,701; raise ingest.max_pixels"):  # fmt: skip
+        check_record(_with(raw, max_pixels=243_748_701))

@@ -111,6 +111,19 @@ def test_skip_mode_lists_every_reject_and_keeps_every_good_record(tmp_path):
     assert json.loads((out / "manifest.json").read_text())["rejected"] == 4
 
 
+def test_a_record_over_the_pixel_limit_is_rejected_and_the_folder_keeps_the_limit(tmp_path):
+    big = make_raw("cbig", image=np.zeros((32, 48, 3), np.uint8))  # 1,536 pixels
+    out = tmp_path / "raw"
+    result = ingest([GOOD[0], big, GOOD[1]], out, source={}, on_error="skip", progress=_quiet,
+                    max_pixels=1000)  # fmt: skip
+    (reject,) = result.rejects
+    message = "image is 48 x 32 = 1,536 pixels, over the limit of 1,000; raise ingest.max_pixels"
+    assert "cbig" in str(reject) and message in str(reject)
+    assert json.loads((out / "manifest.json").read_text())["pixel_limit"] == 1000
+    # prepare and the native evaluation read the folder under the limit it was ingested with
+    assert {raw.max_pixels for raw in iter_parquet(out)} == {1000}
+
+
 def test_duplicate_ids_are_rejected(tmp_path):
     records = [GOOD[0], GOOD[1], GOOD[0]]
     with pytest.raises(RecordError, match="duplicate id, first seen at test"):

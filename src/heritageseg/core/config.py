@@ -103,6 +103,12 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls, include_extras=True)
 
 
+# Records larger than this are rejected by ingest, from the header, before decoding; the
+# folder ingest writes carries the limit it used to prepare and the native evaluation.
+RECORD_MAX_PIXELS = 1_000_000_000
+RECORD_PIXELS_OPTION = "ingest.max_pixels in params.yaml"
+
+
 @dataclass(frozen=True)
 class IngestConfig:
     source: SourceKind = "synthetic"
@@ -117,6 +123,7 @@ class IngestConfig:
     hf_repo: str = "danielaivanova/damaged-media"
     hf_revision: str | None = None
     workers: Workers = 0  # synthetic generation processes; 0 = one per core
+    max_pixels: Count = RECORD_MAX_PIXELS  # a record's largest image, width x height
 
     def __post_init__(self) -> None:
         check_fields(self)

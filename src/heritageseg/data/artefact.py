@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,12 +23,10 @@ import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 
 from heritageseg.core.classes import NUM_CLASSES
+from heritageseg.core.config import RECORD_MAX_PIXELS, RECORD_PIXELS_OPTION
 from heritageseg.core.errors import DataError, RecordError
-from heritageseg.core.paths import FOLDER_METADATA
-from heritageseg.data.images import pixel_limit, to_rgb
-
-# The dataset card's own loader uses this limit; the largest image has about 133 M pixels.
-MAX_IMAGE_PIXELS = 243_748_701
+from heritageseg.core.paths import FOLDER_METADATA, MANIFEST
+from heritageseg.data.images import declared_size, pixel_limit, to_rgb
 
 IMAGE_COLUMNS = ("image", "annotation", "annotation_rgb")
 TEXT_COLUMNS = (
@@ -79,6 +78,9 @@ class RawRecord:
     annotation_path: str | None = None
     annotation_rgb_path: str | None = None
     problem: str | None = None  # found while reading the source (a file empty, unreadable...)
+    # its images may decode to at most this many pixels: ingest.max_pixels, which an
+    # ingested folder's manifest carries to every later reader (prepare, native evaluation)
+    max_pixels: int = RECORD_MAX_PIXELS
 
 
 @dataclass(frozen=True)
@@ -116,14 +118,25 @@ def find_shards(path: Path) -> list[Path]:
 def iter_parquet(path: str | Path) -> Iterator[RawRecord]:
     """Stream records from published shards, a few rows at a time."""
     shards = find_shards(Path(path))
+    limit = ingested_pixel_limit(Path(path))
     for shard in shards:
         parquet = _open_parquet(shard)
         columns = _check_columns(parquet.schema_arrow, shard)
         row = 0
         for batch in parquet.iter_batches(batch_size=_READ_BATCH_ROWS, columns=columns):
             for values in batch.to_pylist():
-                yield record_from_row(values, f"{shard.name} row {row}")
+                yield record_from_row(values, f"{shard.name} row {row}", limit)
                 row += 1
+
+
+def ingested_pixel_limit(path: Path) -> int:
+    """The pixel limit a folder written by ingest was validated under (its manifest's
+    `pixel_limit`); the default for published shards and folders from before it was kept."""
+    manifest = path / MANIFEST if path.is_dir() else path.parent / MANIFEST
+    try:
+        return int(json.loads(manifest.read_text())["pixel_limit"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return RECORD_MAX_PIXELS
 
 
 def iter_folder(path: str | Path) -> Iterator[RawRecord]:
@@ -193,11 +206,12 @@ def _split_image(value: object) -> tuple[bytes | None, str | None]:
     return value, None  # type: ignore[return-value]
 
 
-def record_from_row(values: dict, origin: str) -> RawRecord:
+def record_from_row(values: dict, origin: str, max_pixels: int = RECORD_MAX_PIXELS) -> RawRecord:
     images = {name: _split_image(values.get(name)) for name in IMAGE_COLUMNS}
     return RawRecord(
         id=str(values.get("id") or ""),
         origin=origin,
+        max_pixels=max_pixels,
         image=images["image"][0],
         annotation=images["annotation"][0],
         annotation_rgb=images["annotation_rgb"][0],
@@ -372,16 +386,16 @@ def _open_image(raw: RawRecord, column: str) -> Iterator[Image.Image]:
         where = getattr(raw, f"{column}_path", None)
         missing = f" (file {where} not found)" if where else ""
         raise RecordError(raw.id, raw.origin, f"no {column} bytes{missing}")
-    with pixel_limit(MAX_IMAGE_PIXELS):
+    with pixel_limit(raw.max_pixels):
         try:
             image = Image.open(io.BytesIO(data))
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            width, height = declared_size(data)
             raise RecordError(
-                raw.id,
-                raw.origin,
-                f"{column} is larger than the {MAX_IMAGE_PIXELS:,} pixels this reader accepts "
-                f"(the largest ARTeFACT image has about 133 M): {exc}",
-            ) from exc
+                raw.id, raw.origin, f"{column} is {width} x {height} = {width * height:,} pixels, "
+                f"over the limit of {raw.max_pixels:,}; raise {RECORD_PIXELS_OPTION} to accept it "
+                "(the largest ARTeFACT image has about 133 M; decoding takes ~4 bytes a pixel)",
+            ) from None  # fmt: skip
         except UnidentifiedImageError as exc:
             raise RecordError(
                 raw.id, raw.origin, f"{column} does not decode: not an image file PIL can read"

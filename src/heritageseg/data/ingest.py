@@ -8,6 +8,7 @@ leaves a half-written `data/raw` for DVC to cache.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import multiprocessing
@@ -22,7 +23,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from heritageseg.core.classes import BACKGROUND_ID, CLASS_NAMES, colourise
-from heritageseg.core.config import IngestConfig
+from heritageseg.core.config import RECORD_MAX_PIXELS, IngestConfig
 from heritageseg.core.errors import DataError, RecordError
 from heritageseg.core.fileio import atomic_dir, write_json
 from heritageseg.core.paths import FOLDER_METADATA, MANIFEST, REJECTS
@@ -150,8 +151,10 @@ def ingest(
     rows_per_shard: int = 100,
     total: int | None = None,
     progress: Callable[..., Iterable] = tqdm,
+    max_pixels: int = RECORD_MAX_PIXELS,
 ) -> IngestResult:
-    """Validate every record and write the shards, manifest.json and rejects.csv to `out`."""
+    """Validate every record (its images at most `max_pixels` each) and write the shards,
+    manifest.json (which keeps that limit for the folder's later readers) and rejects.csv."""
     out = Path(out)
     summary = _Summary()
     rejects: list[RecordError] = []
@@ -161,7 +164,7 @@ def ingest(
         for raw in progress(records, total=total, desc="ingest", unit="img", mininterval=1.0):
             try:
                 _check_unique(raw, seen)
-                check = check_record(raw)
+                check = check_record(dataclasses.replace(raw, max_pixels=max_pixels))
                 _check_metadata(raw)
             except RecordError as error:
                 if on_error == "fail":
@@ -177,6 +180,7 @@ def ingest(
                 f"no valid record in the source ({len(rejects)} rejected): nothing to write"
             )
         manifest = summary.manifest(source, staging, shards, rejected=len(rejects))
+        manifest["pixel_limit"] = max_pixels
         write_json(staging / MANIFEST, manifest)
         if on_error == "skip":
             _write_rejects(staging / REJECTS, rejects)
@@ -270,4 +274,5 @@ def run_ingest(cfg: IngestConfig, out: str | Path) -> IngestResult:
         on_error=cfg.on_error,
         rows_per_shard=cfg.rows_per_shard,
         total=total,
+        max_pixels=cfg.max_pixels,
     )
