@@ -360,41 +360,28 @@ def onnx_predictor(graph: bytes | str | Path, workers: int | None = None) -> Pre
     count), run side by side: on two cores that is 1.3x the tiles/s of one session with two
     intra-op threads (MiT-B0 at 96 px, fp32 and int8), whose small ops leave one thread
     waiting on the other. A batch smaller than that runs whole on one session with them all."""
-    import threading
+    import functools
     from concurrent.futures import ThreadPoolExecutor
 
     import numpy as np
     import torch
 
     workers = workers or torch.get_num_threads()
+    whole = functools.cache(lambda: onnx_session(graph))  # built on the first small batch
     if workers == 1:
-        return _session_predictor(onnx_session(graph))
-    parts = [onnx_session(graph, threads=1) for _ in range(workers)]
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="onnx")
-    whole: list = []  # the all-threads session, built on the first small batch
-    lock = threading.Lock()
+        whole()  # a graph that does not load fails here, not at the first batch
+    parts = [onnx_session(graph, threads=1) for _ in range(workers)] if workers > 1 else []
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="onnx") if parts else None
 
     def run(session, array: np.ndarray) -> np.ndarray:
         return session.run(["logits"], {"image": array})[0]
 
     def predict(batch: torch.Tensor) -> torch.Tensor:
         array = batch.float().cpu().numpy()
-        if len(array) < workers:
-            with lock:
-                whole[:] = whole or [onnx_session(graph)]
-            return torch.from_numpy(run(whole[0], array))
-        chunks = np.array_split(array, workers)
+        if len(array) < len(parts) or pool is None:
+            return torch.from_numpy(run(whole(), array))
+        chunks = np.array_split(array, len(parts))
         return torch.from_numpy(np.concatenate(list(pool.map(run, parts, chunks))))
-
-    return predict
-
-
-def _session_predictor(session) -> Predict:
-    import torch
-
-    def predict(batch: torch.Tensor) -> torch.Tensor:
-        (out,) = session.run(["logits"], {"image": batch.float().cpu().numpy()})
-        return torch.from_numpy(out)
 
     return predict
 
