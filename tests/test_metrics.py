@@ -15,6 +15,8 @@ from heritageseg.nn.metrics import (
     mious,
     paired_bootstrap,
     scores,
+    spread,
+    study_bootstrap,
 )
 
 
@@ -120,6 +122,61 @@ def test_paired_bootstrap_separates_a_consistent_winner_from_a_coin_flip():
 def test_paired_bootstrap_refuses_different_image_sets():
     with pytest.raises(ValueError, match="same images"):
         paired_bootstrap(np.zeros((3, 16, 16)), np.zeros((4, 16, 16)))
+
+
+def _runs(hits: np.ndarray, shifts: list[int]) -> np.ndarray:
+    """(S, N, 16, 16): one training run per shift, each `shift` more Cracks pixels right on
+    every image than `hits` (the same test images in every run)."""
+    return np.stack([np.stack([_image(h + s, 50 - h - s) for h in hits]) for s in shifts])
+
+
+def test_study_bootstrap_of_identical_runs_is_exactly_zero():
+    hits = np.arange(5, 45, 2)
+    runs = _runs(hits, [0, 0, 0])
+    result = study_bootstrap([runs], [runs.copy()], iterations=200)
+    assert result["difference"] == 0.0 and result["ci95"] == [0.0, 0.0]
+    assert result["p_value"] == 1.0 and result["images"] == 20 and result["runs"] == [3, 3]
+    fewer = study_bootstrap([runs], [runs[:2]], iterations=200)  # means of 3 and of 2 runs
+    assert fewer["runs"] == [3, 2] and np.abs(fewer["ci95"]).max() < 1e-12
+
+
+def test_a_seed_effect_larger_than_the_image_effect_widens_the_interval():
+    rng = np.random.default_rng(2)
+    hits = rng.integers(10, 30, size=24)
+    base = _runs(hits, [0, 0, 0])
+    steady = _runs(hits, [4, 4, 4])  # 4 pixels better on every image, whatever the seed
+    seedy = _runs(hits, [-4, 4, 12])  # the same on average, but the seed moves it 16 pixels
+    images_only = paired_bootstrap(steady[0], base[0], iterations=1000)
+    with_steady = study_bootstrap([steady], [base], iterations=1000)
+    with_seeds = study_bootstrap([seedy], [base], iterations=1000)
+    width = lambda r: r["ci95"][1] - r["ci95"][0]  # noqa: E731
+    assert with_steady["difference"] == pytest.approx(images_only["difference"])
+    assert width(with_steady) == pytest.approx(width(images_only), rel=0.2)
+    assert width(with_seeds) > 3 * width(with_steady)
+    assert with_steady["ci95"][0] > 0  # a real win when every seed agrees...
+    assert with_seeds["ci95"][0] < with_seeds["difference"] < with_seeds["ci95"][1]
+    assert with_seeds["ci95"][0] < 0  # ...within noise when the seed decides
+
+
+def test_study_bootstrap_averages_folds_and_refuses_mismatched_ones():
+    hits = np.arange(10, 30)
+    fold_1, fold_2 = _runs(hits[:10], [0, 0]), _runs(hits[10:], [0, 0])
+    better_1, better_2 = _runs(hits[:10], [6, 6]), _runs(hits[10:], [2, 2])
+    result = study_bootstrap([better_1, better_2], [fold_1, fold_2], iterations=300)
+    each = [study_bootstrap([a], [b], iterations=300)["difference"]
+            for a, b in ((better_1, fold_1), (better_2, fold_2))]  # fmt: skip
+    assert result["difference"] == pytest.approx(np.mean(each))
+    assert result["images"] == 20
+    with pytest.raises(ValueError, match="same folds"):
+        study_bootstrap([better_1], [fold_1, fold_2])
+    with pytest.raises(ValueError, match="same images"):
+        study_bootstrap([better_1], [fold_2[:, :5]])
+
+
+def test_spread_leaves_out_absent_values_and_gives_one_value_no_spread():
+    assert spread(np.array([0.1, 0.3])) == (pytest.approx(0.2), pytest.approx(0.1414, abs=1e-4))
+    assert spread(np.array([0.25, np.nan])) == (0.25, 0.0)
+    assert all(np.isnan(v) for v in spread(np.array([np.nan])))
 
 
 def test_majority_baseline_labels_every_pixel_with_the_commonest_class():

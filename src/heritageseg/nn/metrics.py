@@ -9,6 +9,8 @@ reference counted it as 0).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
@@ -206,3 +208,66 @@ def mious(matrices: np.ndarray) -> np.ndarray:
 def _interval(values: np.ndarray, level: float) -> tuple[float, float]:
     tail = (1.0 - level) / 2
     return float(np.quantile(values, tail)), float(np.quantile(values, 1 - tail))
+
+
+def spread(values: np.ndarray) -> tuple[float, float]:
+    """(mean, sample std) over the first axis, NaNs (e.g. a class absent from a run) left
+    out; the std of a single value is 0, not NaN."""
+    values = np.asarray(values, dtype=float)
+    kept = values[~np.isnan(values)]
+    if len(kept) == 0:
+        return float("nan"), float("nan")
+    return float(kept.mean()), float(kept.std(ddof=1)) if len(kept) > 1 else 0.0
+
+
+def study_bootstrap(
+    strata_a: Sequence[np.ndarray],
+    strata_b: Sequence[np.ndarray],
+    iterations: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict:
+    """Mean mIoU(a) - mean mIoU(b) over training runs and test images, with a two-stage
+    (seeds, then images) bootstrap interval; the keys of `paired_bootstrap`, plus `runs`.
+
+    Each stratum is one held-out fold (or the whole test split): an (S, N, C, C) array of S
+    training runs' per-image confusion matrices on the fold's N test images, in the same
+    order for a and b. Every run is scored on every image (seeds and images are crossed),
+    so resampling only images — `paired_bootstrap` — leaves the run-to-run spread out, and
+    resampling only runs leaves out which images were drawn. Each draw, per stratum: N images
+    with replacement, the same for a and b (paired), and S runs with replacement for each
+    architecture on its own (run i of a has nothing to do with run i of b). The statistic is
+    the mean over strata of the mean over the drawn runs; folds are the protocol, not a
+    sample, so they are never resampled. With 2-3 seeds the interval is coarse (a draw of 2
+    runs repeats one half the time): it is wide when the seeds disagree, as it should be.
+    """
+    if len(strata_a) != len(strata_b) or not strata_a:
+        raise ValueError("study bootstrap needs the same folds, at least one, for a and b")
+    rng = np.random.default_rng(seed)
+    differences, point, images, runs = np.zeros(iterations), 0.0, 0, None
+    for a, b in zip(strata_a, strata_b, strict=True):
+        a, b = np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
+        if a.ndim != 4 or a.shape[1:] != b.shape[1:] or a.shape[1] == 0:
+            raise ValueError(f"study bootstrap needs the same images: {a.shape} vs {b.shape}")
+        draws = rng.integers(0, a.shape[1], size=(iterations, a.shape[1]))
+        differences += _run_means(a, draws, rng) - _run_means(b, draws, rng)
+        point += mious(a.sum(axis=1)).mean() - mious(b.sum(axis=1)).mean()
+        images, runs = images + a.shape[1], (len(a), len(b))
+    differences /= len(strata_a)
+    low, high = _interval(differences, level)
+    tail = min(float(np.mean(differences <= 0)), float(np.mean(differences >= 0)))
+    return {
+        "difference": float(point / len(strata_a)),
+        "ci95": [low, high],
+        "p_value": min(1.0, 2 * tail),
+        "images": images,
+        "runs": list(runs),
+    }
+
+
+def _run_means(runs: np.ndarray, draws: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Per draw: the mean mIoU, on the drawn images, of len(runs) runs drawn with replacement."""
+    per_run = np.stack([_resampled_mious(run, draws) for run in runs])  # (S, iterations)
+    iterations = draws.shape[0]
+    picks = rng.integers(0, len(runs), size=(iterations, len(runs)))
+    return per_run[picks, np.arange(iterations)[:, None]].mean(axis=1)
