@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -127,12 +129,56 @@ def tiny(tiny_project: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(tiny_project, tmp_path / "tiny", symlinks=True))
 
 
+STUDY = {"archs": ["segformer", "convnext"], "seeds": [0, 1], "bootstrap": 200}
+STUDY_EPOCHS = 2  # enough for a job to be preempted after its first epoch and resume
+
+
+def study_params(folder: Path, **train: object) -> Path:
+    """The tiny project's params with the tiny study (STUDY, STUDY_EPOCHS), `train` changes."""
+    params = tiny_params(study=STUDY, train={"epochs": STUDY_EPOCHS, "patience": STUDY_EPOCHS,
+                                             **train})  # fmt: skip
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def run_study_command(folder: Path, *args: str) -> subprocess.CompletedProcess:
+    """`heritageseg study` in `folder` (a project: params.yaml, data/), one torch thread as
+    in a one-CPU Slurm job, so its results can be compared with the cluster's."""
+    return subprocess.run(
+        [str(BIN / "heritageseg"), "--params", "params.yaml", "study", *args], cwd=folder,
+        capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class LocalStudy:
+    folder: Path  # the project: params.yaml, data/, models/study, metrics/study
+    broken: subprocess.CompletedProcess  # the first study, with convnext's encoder misspelt
+    fixed: subprocess.CompletedProcess  # the second, after the fix
+
+
+@pytest.fixture(scope="session")
+def local_study(tiny_project: Path, tmp_path_factory: pytest.TempPathFactory) -> LocalStudy:
+    """The tiny study run here with the CLI, twice: first with convnext's encoder misspelt
+    (its two runs fail, segformer's are kept), then fixed (only convnext's run)."""
+    folder = tmp_path_factory.mktemp("study")
+    shutil.copytree(tiny_project / "data", folder / "data", symlinks=True)
+    convnext = {**TINY["train"]["convnext"], "encoder": "tu-convnext_attto"}
+    study_params(folder, convnext=convnext)
+    broken = run_study_command(folder)
+    study_params(folder)
+    fixed = run_study_command(folder)
+    return LocalStudy(folder, broken, fixed)
+
+
 FIXTURE_MARKS = {
     "slurm_cluster": "slurm",  # test_slurm.py
     "ui_server": "server",  # test_tracking.py
     "tracked": "training",  # test_tracking.py: train + evaluate through the CLI
     "evaluated": "training",  # test_report.py: two architectures trained and evaluated
     "trained_project": "training",  # test_mistakes.py: a segformer trained for one epoch
+    "local_study": "training",  # test_study.py, test_slurm.py: the tiny study, run here
 }
 """Markers that follow from a fixture: a test using one (directly or through another fixture)
 needs what the fixture starts or trains, so `make test-fast` leaves it out undecorated."""

@@ -37,13 +37,15 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     every test of this module (they run in order: the last one commits and runs an experiment)."""
     copy = tmp_path_factory.mktemp("pipeline") / "project"
     copy.mkdir()
-    for name in ("dvc.yaml", ".dvcignore"):
+    for name in ("dvc.yaml", ".dvcignore", "study/dvc.yaml"):
+        (copy / name).parent.mkdir(exist_ok=True)
         shutil.copy(ROOT / name, copy / name)
     shutil.copytree(ROOT / "src", copy / "src", ignore=shutil.ignore_patterns("*.egg-info"))
     shutil.copytree(ROOT / ".dvc", copy / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
     (copy / "data").mkdir()
     shutil.copy(ROOT / "data" / ".gitignore", copy / "data" / ".gitignore")
-    params = tiny_params(ingest={"n": 12, "max_size": 96, "rows_per_shard": 4}, train={"epochs": 1})
+    params = tiny_params(ingest={"n": 12, "max_size": 96, "rows_per_shard": 4}, train={"epochs": 1},
+                         study={"archs": ["segformer", "convnext"], "seeds": [0]})  # fmt: skip
     (copy / "params.yaml").write_text(yaml.safe_dump(params))
     _run(["git", "init", "-q"], copy)
     _run([str(BIN / "dvc"), "repro"], copy)
@@ -85,6 +87,32 @@ def test_dvc_repro_runs_every_stage_is_a_no_op_the_second_time_and_deterministic
     status = _run([str(BIN / "dvc"), "status"], project)
     assert "up to date" in status.stdout
     _check_forced_rerun_gives_identical_scores(project)
+
+
+@pytest.mark.slow
+def test_the_study_pipeline_reruns_only_the_runs_whose_inputs_changed(project: Path):
+    """`dvc repro study/dvc.yaml` after the benchmark: two runs and the report with the
+    study's sections, a no-op the second time; one more seed reruns the stage, which trains
+    the new seed's two runs only."""
+    dvc, params_file = str(BIN / "dvc"), project / "params.yaml"
+    first = _run([dvc, "repro", "study/dvc.yaml"], project)
+    assert "study: 2 run(s), 0 with a current result, 2 to run (local)" in first.stdout
+    summary = json.loads((project / "metrics" / "study" / "summary.json").read_text())
+    (pair,) = summary["comparisons"]
+    assert pair["single_seed"] in ("within noise", "segformer better", "convnext better")
+    report = (project / "reports" / "study" / "benchmark.md").read_text()
+    assert "## Results" in report and "## Study: pairwise differences over seeds" in report
+    again = _run([dvc, "repro", "study/dvc.yaml"], project)
+    assert "didn't change" in again.stdout or "up to date" in again.stdout
+    original = params_file.read_text()
+    params = yaml.safe_load(original)
+    params["study"]["seeds"] = [0, 1]
+    params_file.write_text(yaml.safe_dump(params))
+    try:
+        more = _run([dvc, "repro", "study/dvc.yaml"], project)
+        assert "study: 4 run(s), 2 with a current result, 2 to run (local)" in more.stdout
+    finally:
+        params_file.write_text(original)
 
 
 SPEED_KEYS = {"throughput_img_s", "latency_ms", "peak_mem_mb"}  # measurements, not results

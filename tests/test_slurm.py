@@ -10,6 +10,7 @@ import json
 import operator
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -296,3 +297,57 @@ def test_a_two_task_ddp_job_trains_like_the_local_two_process_run(slurm_cluster,
     assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
     assert done.stdout.count("segformer: best val mIoU") == 1
     _assert_same_weights(tmp_path / "local" / "segformer", tmp_path / "slurm" / "segformer")
+
+
+def _preempted_once(row: dict) -> None:
+    """Test hook: array task 0 idles after its first epoch on its first run, for the test
+    to kill and requeue it (`scontrol requeue`, as a preemption does) while it waits."""
+    print_epoch(row)
+    first_run = os.environ.get("SLURM_RESTART_COUNT", "0") == "0"
+    if row["epoch"] == 1 and os.environ.get("SLURM_ARRAY_TASK_ID") == "0" and first_run:
+        time.sleep(60)
+
+
+def test_a_study_is_one_job_array_that_survives_a_killed_job_and_equals_the_local_study(
+    slurm_cluster, local_study, tmp_path
+):
+    """The tiny study (2 archs x 2 seeds) as one array of 4 tasks, 2 at a time; task 0 is
+    killed and requeued after its first epoch and resumes from it; every result equals the
+    study run here (test_study.py's, one thread as in the jobs)."""
+    from heritageseg.ops.study import StudyFolders, run_study
+
+    data = Path(shutil.copytree(local_study.folder / "data", tmp_path / "data", symlinks=True))
+    params = load_params(local_study.folder / "params.yaml")
+    folders = StudyFolders(cache=data / "cache", splits=data / "splits",
+                           class_weights=data / "class_weights.json", metrics=tmp_path / "metrics",
+                           work=tmp_path / "work", out=tmp_path / "study")  # fmt: skip
+    lines, preempted = [], []
+
+    def preempt_task_0(line: str) -> None:
+        lines.append(line)
+        found = re.match(r"\[(\d+_0)\] epoch 1:", line)
+        if found and not preempted:
+            subprocess.run(["scontrol", "requeue", found.group(1)], check=True)
+            preempted.append(found.group(1))
+
+    profile = load_profile(_profile(tmp_path, array_parallelism=2))
+    outcome = run_study(params, folders, executor="slurm", profile=profile, log=preempt_task_0,
+                        on_epoch=_preempted_once)  # fmt: skip
+    assert not outcome.failures, outcome.failures
+    submitted = next(line for line in lines if line.startswith("submitted"))
+    ids = submitted.split(": ", 1)[1].split(";")[0].split(", ")
+    assert ids == [f"{ids[0].split('_')[0]}_{index}" for index in range(4)]  # one array
+    task_0 = [line for line in lines if line.startswith(f"[{preempted[0]}]")]
+    starts = [i for i, line in enumerate(task_0) if "Starting with JobEnvironment" in line]
+    assert len(starts) == 2, "\n".join(task_0)[-3000:]  # killed, requeued, started again
+    assert any("resuming" in line for line in task_0[starts[1] :]), "\n".join(task_0)[-3000:]
+    local = local_study.folder / "metrics" / "study" / "runs"
+    for path in sorted(local.glob("*.json")):
+        expected = json.loads(path.read_text())
+        actual = json.loads((folders.out / "runs" / path.name).read_text())
+        assert actual["per_image"] == expected["per_image"], path.name
+        assert actual["miou"] == expected["miou"] and actual["image_ids"] == expected["image_ids"]
+    assert (
+        outcome.summary["comparisons"][0]["verdict"]
+        == json.loads((local.parent / "summary.json").read_text())["comparisons"][0]["verdict"]
+    )

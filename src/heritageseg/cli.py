@@ -114,6 +114,20 @@ def _add_model_commands(commands) -> None:
     _folder(loco, "--out", paths.LOCO, "writes OUT/BY/ARCH")
     loco.set_defaults(handler=_loco)
 
+    study = commands.add_parser(
+        "study", help="archs x seeds x held-out folds (params study:), locally or as a job array"
+    )
+    _folder(study, "--cache", paths.CACHE)
+    _folder(study, "--splits", paths.SPLITS)
+    _folder(study, "--weights", paths.CLASS_WEIGHTS)
+    _folder(study, "--raw", paths.RAW, "ingested data (its manifest is tagged)")
+    _folder(study, "--metrics", paths.METRICS, "the single-seed benchmark's results")
+    _folder(study, "--work", paths.STUDY_WORK, "each run's training and fold cache")
+    _folder(study, "--out", paths.STUDY, "results and summary")
+    study.add_argument("--fresh", action="store_true", help="rerun every combination")
+    _add_launch_arguments(study)
+    study.set_defaults(handler=_study)
+
     export = commands.add_parser("export", help="export a trained architecture")
     export_kinds = export.add_subparsers(dest="export", required=True)
     export_onnx = export_kinds.add_parser("onnx", help="ONNX graph for onnxruntime")
@@ -135,6 +149,9 @@ def _add_output_commands(commands) -> None:
     report = commands.add_parser("report", help="benchmark.md and index.html of every arch")
     _folder(report, "--metrics", paths.METRICS)
     _folder(report, "--models", paths.MODELS)
+    report.add_argument(
+        "--study", help=f"add the study's sections from this folder (e.g. {paths.STUDY})"
+    )
     _folder(report, "--out", paths.REPORTS, "output folder")
     report.set_defaults(handler=_report)
 
@@ -492,6 +509,32 @@ def _loco(args: argparse.Namespace) -> None:
     print(summary_markdown(summary))
 
 
+def _study(args: argparse.Namespace) -> None:
+    from heritageseg.ops.study import StudyFolders, run_study
+    from heritageseg.stages.report import render_markdown, study_sections
+
+    params = load_params(args.params)
+    folders = StudyFolders(
+        cache=Path(args.cache), splits=Path(args.splits), class_weights=Path(args.weights),
+        metrics=Path(args.metrics), work=Path(args.work), out=Path(args.out),
+    )  # fmt: skip
+    outcome = run_study(params, folders, fresh=args.fresh, **_launch(args, params))
+    print(render_markdown(study_sections(outcome.summary, None), Path(args.out), "study"))
+    if params.tracking.enabled:
+        from heritageseg.ops.tracking import log_study
+
+        parent = log_study(params.tracking, Path(args.params), Path(args.raw), outcome.summary,
+                           outcome.results, folders.out)  # fmt: skip
+        print(f"logged the study to MLflow run {parent}")
+    if outcome.failures:
+        lines = [f"- {f['arch']} seed {f['seed']} fold {f['fold']}: log {f['log'] or '(here)'}"
+                 f"\n{f['error'].rstrip()}" for f in outcome.failures]  # fmt: skip
+        raise HeritagesegError(
+            f"{len(outcome.failures)} of the study's runs failed (the others' results are "
+            f"kept; rerun `heritageseg study` to run only these):\n" + "\n".join(lines)
+        )
+
+
 def _report(args: argparse.Namespace) -> None:
     from heritageseg.stages.report import run_report
 
@@ -500,6 +543,7 @@ def _report(args: argparse.Namespace) -> None:
     results = run_report(
         list(ARCHS), metrics=Path(args.metrics), models=Path(args.models), out=out,
         iterations=params.evaluate.bootstrap, seed=params.evaluate.seed,
+        study=Path(args.study) if args.study else None,
     )  # fmt: skip
     archs = ", ".join(r.arch for r in results)
     print(f"report of {archs}: {out / paths.BENCHMARK_MD}, {out / paths.INDEX_HTML}")

@@ -334,6 +334,37 @@ class PredictConfig:
 PREDICT_DEFAULTS = PredictConfig()  # one instance for argument defaults
 
 
+FoldKind = Literal["none", "content", "material"]  # none: the split as it is; else paths.FOLD_BY
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """`heritageseg study`: one training + test evaluation per (arch, seed, held-out fold),
+    so a verdict can be checked against the spread of the training run itself."""
+
+    archs: tuple[str, ...] = ARCHS
+    seeds: tuple[Seed, ...] = (0, 1)  # train.seed of each run (0 is the benchmark's own)
+    folds: FoldKind = "none"  # content / material: leave one out, every value in turn
+    bootstrap: Count = 1000  # resamples of seeds and test images per comparison
+    seed: Seed = 0  # of the resampling
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        _check_names("archs", self.archs, ARCHS)
+        _check_names("seeds", self.seeds, None)
+
+
+def _check_names(key: str, values: tuple, valid: tuple | None) -> None:
+    """A non-empty list without repeats, of `valid` names when given."""
+    if not values:
+        raise FieldError(key, list(values), "need at least one")
+    unknown = [v for v in values if valid is not None and v not in valid]
+    if unknown:
+        raise FieldError(key, list(values), f"unknown {unknown[0]!r}; valid: {', '.join(valid)}")
+    if len(set(values)) != len(values):
+        raise FieldError(key, list(values), "each value at most once")
+
+
 @dataclass(frozen=True)
 class TrackingConfig:
     """MLflow. The env MLFLOW_TRACKING_URI wins over `uri`; None: sqlite:///mlruns/mlflow.db."""
@@ -362,6 +393,7 @@ class Params:
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
 

@@ -20,6 +20,8 @@ CLASS_WEIGHTS = Path("data/class_weights.json")  # weights
 MODELS = Path("models")  # train: models/ARCH/
 METRICS = Path("metrics")  # evaluate: metrics/ARCH/
 LOCO = METRICS / "loco"  # loco: metrics/loco/BY/ARCH/
+STUDY = METRICS / "study"  # study: one result per (arch, seed, fold) and the summary
+STUDY_WORK = MODELS / "study"  # study: each run's training (resumable) and fold cache view
 REPORTS = Path("reports")  # report
 INFERENCE_REPORT = REPORTS / "inference.md"  # bench infer (+ .json beside it)
 GPU_REPORT = REPORTS / "gpu.md"  # bench gpu (+ .json beside it)
@@ -73,3 +75,10 @@ FIGURES = "figures"
 # ------------------------------------------------------------ metrics/loco/BY/ARCH
 LOCO_SUMMARY = "summary.json"
 LOCO_SUMMARY_MD = "summary.md"
+
+# ------------------------------------------------------------ metrics/study
+STUDY_RUNS = "runs"  # RUN.json per (arch, seed, fold), RUN = study.run_name(...)
+STUDY_SUMMARY = "summary.json"
+STUDY_MD = "study.md"
+STUDY_FAILURES = "failures.json"  # the runs of the last study that ended without a result
+STUDY_FOLD_PLOT = "folds.png"

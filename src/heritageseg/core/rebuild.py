@@ -34,6 +34,7 @@ REBUILD: dict[str, Rebuild] = {
     "resume": _MODEL,
     "run_file": _MODEL,  # mlflow.json: the run is recorded again by training with tracking on
     "metrics": Rebuild("evaluate@{arch}"),  # metrics.json, metrics_native.json (not cached)
+    "study": Rebuild("study", "heritageseg study"),  # metrics/study/summary.json (and runs/)
     "per_image": Rebuild("evaluate@{arch}", checkout=f"{paths.METRICS}/{{arch}}/{paths.PER_IMAGE}"),
 }
 """File kind -> how to rebuild it."""

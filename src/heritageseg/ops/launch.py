@@ -99,6 +99,14 @@ def load_profile(path: str | Path) -> SlurmProfile:
     return from_mapping(SlurmProfile, data, where=str(path))
 
 
+@dataclass(frozen=True)
+class JobFailure:
+    """A call that ended without a result, in place of it (`run_jobs(contain=True)`)."""
+
+    message: str  # the error with its traceback (the remote one for a job)
+    log: str | None = None  # the job's stderr; None for a call run in this process
+
+
 def run_jobs(
     fn: Callable[..., Any],
     calls: Sequence[Mapping[str, Any]],
@@ -107,11 +115,14 @@ def run_jobs(
     profile: SlurmProfile | None = None,
     name: str = "heritageseg",
     log: Callable[[str], None] = print,
+    contain: bool = False,
 ) -> list[Any]:
     """`fn(**call)` for each call, here or as jobs (several calls: one job array); blocks
-    until all have ended and returns their results in order (rank 0's for multi-task jobs)."""
+    until all have ended and returns their results in order (rank 0's for multi-task jobs).
+    A failure raises, or with `contain` takes its result's place as a JobFailure, after
+    the other calls have run."""
     if executor == "local":
-        return [fn(**call) for call in calls]
+        return [_contained(fn, call) if contain else fn(**call) for call in calls]
     if executor not in EXECUTORS:
         raise ConfigError(f"executor {executor!r}: choose one of {', '.join(EXECUTORS)}")
     profile = profile or SlurmProfile()
@@ -119,7 +130,7 @@ def run_jobs(
     with backend.batch():
         jobs = [backend.submit(fn, **call) for call in calls]
     if executor == "debug":  # runs here, on result(); a failure opens pdb post-mortem
-        return [job.result() for job in jobs]
+        return [_contained(job.result) if contain else job.result() for job in jobs]
     log(f"submitted {len(jobs)} job(s) to Slurm: {', '.join(j.job_id for j in jobs)}; "
         f"logs in {jobs[0].paths.folder}")  # fmt: skip
     try:
@@ -127,7 +138,21 @@ def run_jobs(
     except KeyboardInterrupt:
         cancel(jobs, log)
         raise
-    return [_outcome(job) for job in jobs]
+    if not contain:
+        return [_outcome(job) for job in jobs]
+    return [_contained(_outcome, {"job": job}, str(_logs(job)[1])) for job in jobs]
+
+
+def _contained(fn: Callable[..., Any], call: Mapping[str, Any] | None = None,
+               log: str | None = None) -> Any:  # fmt: skip
+    """fn(**call), or a JobFailure with the traceback if it raises (Ctrl-C still stops)."""
+    import traceback
+
+    try:
+        return fn(**(call or {}))
+    except Exception as error:
+        remote = isinstance(error, LaunchError)  # already carries the remote traceback
+        return JobFailure(str(error) if remote else traceback.format_exc(), log)
 
 
 def _make_executor(kind: str, profile: SlurmProfile, name: str):
@@ -151,7 +176,7 @@ def wait(jobs: Sequence, *, log: Callable[[str], None] = print, poll_s: float = 
     tails = {job.job_id: [_LogTail(path) for path in _logs(job)] for job in jobs}
     start = time.monotonic()
     while True:
-        finished = all(job.done() for job in jobs)
+        finished = all(_ended(job) for job in jobs)
         jobs[0].watcher.update()  # after done(): the last round shows the final states
         for job in jobs:
             state = job.watcher.get_state(job.job_id, mode="cache")
@@ -164,6 +189,32 @@ def wait(jobs: Sequence, *, log: Callable[[str], None] = print, poll_s: float = 
         if finished:
             return
         time.sleep(min(15.0, poll_s + (time.monotonic() - start) / 30))
+
+
+def _ended(job) -> bool:
+    """Whether the job is over. submitit's `done()` trusts sacct, which can report a job
+    requeued after a preemption or time-out as CANCELLED (and caches it) before slurmctld
+    restarts it: a job without its result is over only when squeue no longer lists it."""
+    if all(task.paths.result_pickle.exists() for task in _tasks(job)):
+        return True
+    return job.done() and not _queued(job.job_id)
+
+
+def _queued(job_id: str) -> bool:
+    """squeue (slurmctld itself, not the accounting database) lists the job: it is pending,
+    running or requeued."""
+    import subprocess
+
+    try:
+        found = subprocess.run(["squeue", "--noheader", "--jobs", job_id, "--format", "%T"],
+                               capture_output=True, text=True, timeout=60)  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return found.returncode == 0 and bool(found.stdout.strip())
+
+
+def _tasks(job) -> list:
+    return [job.task(i) for i in range(job.num_tasks)] if job.num_tasks > 1 else [job]
 
 
 def _logs(job) -> tuple[Path, Path]:
@@ -184,7 +235,7 @@ def _outcome(job) -> Any:
     final Slurm state, and where the log is."""
     import submitit
 
-    tasks = [job.task(i) for i in range(job.num_tasks)] if job.num_tasks > 1 else [job]
+    tasks = _tasks(job)
     stderr = _logs(job)[1]
     if not all(task.paths.result_pickle.exists() for task in tasks):
         state = job.watcher.get_state(job.job_id, mode="force")
@@ -264,7 +315,18 @@ class TrainJob:
     def checkpoint(self, **kwargs: Any):
         from submitit.helpers import DelayedSubmission
 
-        return DelayedSubmission(TrainJob(), **{**kwargs, "fresh": False})
+        return DelayedSubmission(type(self)(), **{**kwargs, "fresh": False})
+
+
+class StudyJob(TrainJob):
+    """`study.run_study_run`: one (arch, seed, fold) trained and tested; requeued and
+    resumed like TrainJob (its training saves every epoch), so the evaluation runs once."""
+
+    def __call__(self, **kwargs: Any):
+        from heritageseg.stages.study import run_study_run
+
+        prepare_job_process()
+        return {**run_study_run(**kwargs), "job": job_labels()}
 
 
 def print_epoch(row: dict) -> None:

@@ -41,6 +41,8 @@ BENCHMARK_ENV = "HERITAGESEG_BENCHMARK"
 TAG_BENCHMARK = "heritageseg.benchmark"
 TAG_ROLE = "heritageseg.role"
 TAG_ARCH = "heritageseg.arch"
+TAG_STUDY = "heritageseg.study"
+TAG_FINGERPRINT = "heritageseg.fingerprint"
 PRODUCTION = "production"
 
 
@@ -494,3 +496,92 @@ def _log_png(client, run_id: str, artifact: str, png: bytes) -> None:
     with tempfile.TemporaryDirectory() as temp:
         (Path(temp) / name).write_bytes(png)
         client.log_artifact(run_id, str(Path(temp) / name), folder)
+
+
+# ---------------------------------------------------------------- studies
+
+
+def log_study(cfg: TrackingConfig, params_file: Path, raw: Path, summary: dict,
+              results: list[dict], folder: Path) -> str:  # fmt: skip
+    """One parent run per study (tagged with the benchmark id of its params and data) with
+    the summary figures as its metrics, so the chart view compares architectures without
+    expanding anything; one child per (arch, seed, fold), tagged with all three. A child
+    already logged from the same result is kept, a stale one replaced, a failed run logged
+    FAILED with its error. Returns the parent's id."""
+    from mlflow.tracking import MlflowClient
+
+    experiment_id = connect(cfg)
+    manifest = raw / MANIFEST
+    study = benchmark_id(params_file, manifest)
+    client = MlflowClient()
+    parent = _study_parent(client, experiment_id, study, manifest)
+    children = {run.info.run_name: run for run in client.search_runs(
+        [experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'", max_results=5000)}  # fmt: skip
+    for result in results:
+        _log_study_child(client, experiment_id, parent, study, children, result, manifest)
+    for failure in summary.get("failures", []):
+        _log_study_child(client, experiment_id, parent, study, children, failure, manifest)
+    client.log_batch(parent, metrics=_metrics(_study_metrics(summary)))
+    client.log_artifacts(parent, str(folder), "study")
+    return parent
+
+
+def _study_parent(client, experiment_id: str, study: str, manifest: Path) -> str:
+    found = client.search_runs(
+        [experiment_id], f"tags.`{TAG_STUDY}` = '{study}' and tags.`{TAG_ROLE}` = 'study'",
+        order_by=["attributes.start_time ASC"], max_results=1,
+    )  # fmt: skip
+    if found:
+        return found[0].info.run_id
+    run = client.create_run(experiment_id, run_name=f"study-{study}", tags={
+        TAG_STUDY: study, TAG_ROLE: "study", **run_tags("study", manifest)})  # fmt: skip
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
+def _log_study_child(client, experiment_id: str, parent: str, study: str, children: dict,
+                     result: dict, manifest: Path) -> None:  # fmt: skip
+    from heritageseg.stages.study import StudyRun
+
+    run = StudyRun(result["arch"], result["seed"], result["fold"])
+    fingerprint = result.get("fingerprint", "failed")
+    old = children.get(run.name)
+    if old is not None and old.data.tags.get(TAG_FINGERPRINT) == fingerprint:
+        return  # logged from this very result already
+    if old is not None:
+        client.delete_run(old.info.run_id)
+    tags = {**run_tags("study", manifest), "mlflow.parentRunId": parent, TAG_STUDY: study,
+            TAG_ROLE: "study-run", TAG_ARCH: run.arch, "heritageseg.seed": str(run.seed),
+            "heritageseg.fold": run.fold, TAG_FINGERPRINT: fingerprint}  # fmt: skip
+    child = client.create_run(experiment_id, run_name=run.name, tags=tags).info.run_id
+    log_params(child, {"arch": run.arch, "train.seed": str(run.seed), "fold": run.fold})
+    if "error" in result:
+        client.set_tag(child, "heritageseg.error", result["error"][-4000:])
+        client.set_tag(child, "heritageseg.log", str(result.get("log")))
+        client.set_terminated(child, status="FAILED")
+        return
+    low, high = result["miou_ci95"]
+    client.log_batch(child, metrics=_metrics({
+        "test_miou": result["miou"], "test_miou_ci95_low": low, "test_miou_ci95_high": high,
+        "test_miou_damage": result["miou_damage"], "epochs_run": result["epochs_run"],
+        "best_epoch": result["best_epoch"],
+        **{f"test_iou_{name}": iou for name, iou in result["per_class_iou"].items()
+           if iou is not None},
+    }))  # fmt: skip
+    client.set_terminated(child)
+
+
+def _study_metrics(summary: dict) -> dict[str, float]:
+    """The parent's metrics: each architecture's mean and std, each pair's difference."""
+    metrics = {}
+    for arch, a in summary["archs"].items():
+        metrics[f"{arch}_test_miou_mean"] = a["miou_mean"]
+        metrics[f"{arch}_test_miou_std"] = a["miou_std"]
+        metrics[f"{arch}_runs"] = a["runs"]
+    for pair in summary["comparisons"]:
+        low, high = pair["ci95"]
+        name = f"{pair['a']}_minus_{pair['b']}"
+        metrics.update({f"{name}_miou": pair["difference"], f"{name}_ci95_low": low,
+                        f"{name}_ci95_high": high})  # fmt: skip
+    metrics["failed_runs"] = len(summary.get("failures", []))
+    return metrics

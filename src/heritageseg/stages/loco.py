@@ -67,10 +67,8 @@ def write_fold_cache(cache: Path, index: pd.DataFrame, out: Path) -> None:
         index.to_csv(staging / CACHE_INDEX, index=False)
 
 
-def run_leave_one_out(
-    params: Params, arch: str, *, cache: Path, splits: Path, out: Path, by: str = "content"
-) -> dict:  # fmt: skip
-    """Train and test `arch` once per held-out value; return (and write) the summary."""
+def fold_tables(cache: Path, splits: Path, by: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(cache index, fold table) of leave-one-`by`-out, checked to cover every cached id."""
     if by not in FOLD_BY:
         raise DataError(f"leave-one-out by {by!r}: choose one of {', '.join(FOLD_BY)}")
     folds = read_folds(splits / fold_table(by))
@@ -78,6 +76,21 @@ def run_leave_one_out(
     missing = sorted(set(index["id"]) - set(folds["id"]))
     problem = f"{len(missing)} cached id(s) have no fold (e.g. {missing[:1]}): stale or cut short"
     require(not missing, splits / fold_table(by), problem, rebuild_hint("split"))
+    return index, folds
+
+
+def fold_problem(index: pd.DataFrame) -> str | None:
+    """What makes a (fold) index unusable for training and testing, or None."""
+    counts = index["split"].value_counts()
+    empty = [split for split in ("test", "train", "val") if not counts.get(split, 0)]
+    return f"leaves no {' and no '.join(empty)} record" if empty else None
+
+
+def run_leave_one_out(
+    params: Params, arch: str, *, cache: Path, splits: Path, out: Path, by: str = "content"
+) -> dict:  # fmt: skip
+    """Train and test `arch` once per held-out value; return (and write) the summary."""
+    index, folds = fold_tables(cache, splits, by)
     params = replace(params, evaluate=replace(params.evaluate, resolution="prepared"))
     results = {}
     for value in sorted(folds["fold"].unique()):
@@ -93,15 +106,23 @@ def run_leave_one_out(
     return summary
 
 
-def _run_fold(params: Params, arch: str, cache: Path, index: pd.DataFrame, out: Path) -> dict:
-    if not (index["split"] == "val").any() or not (index["split"] == "train").any():
-        raise DataError(f"{out.name}: holding it out leaves no train or val record")
+def write_fold_inputs(
+    params: Params, cache: Path, index: pd.DataFrame, out: Path
+) -> tuple[Path, Path]:  # fmt: skip
+    """The fold's cache view and class weights (from its own train masks) under `out`."""
+    problem = fold_problem(index)
+    if problem:
+        raise DataError(f"{out.name}: holding it out {problem}")
     fold_cache = out / "cache"
     write_fold_cache(cache, index, fold_cache)
     weights = weights_document(pixel_counts(iter_masks(fold_cache, "train")), params.weights)
     write_json(out / CLASS_WEIGHTS.name, weights)
-    run_training(params, arch, fold_cache, out / CLASS_WEIGHTS.name, out / "model",
-                 fresh=True, progress=False)  # fmt: skip
+    return fold_cache, out / CLASS_WEIGHTS.name
+
+
+def _run_fold(params: Params, arch: str, cache: Path, index: pd.DataFrame, out: Path) -> dict:
+    fold_cache, weights = write_fold_inputs(params, cache, index, out)
+    run_training(params, arch, fold_cache, weights, out / "model", fresh=True, progress=False)
     evaluation = run_evaluation(params, arch, cache=fold_cache, raw=Path(), splits=Path(),
                                 model_dir=out / "model", split="test")  # fmt: skip
     write_evaluation(evaluation, out / "metrics")

@@ -150,6 +150,27 @@ def per_class_bars(series: dict[str, dict[str, float | None]], title: str, label
     return _png(figure)
 
 
+def fold_bars(series: dict[str, dict[str, tuple[float, float]]], title: str) -> bytes:
+    """Grouped vertical bars: one group per held-out fold, one bar per architecture, with the
+    spread over seeds as error bars. `series`: arch -> {fold: (mean, std)}."""
+    folds = sorted({fold for values in series.values() for fold in values})
+    figure, axis = _figure((max(6.0, 1.2 * len(folds) * max(1, len(series)) / 2), 4.5))
+    width = 0.8 / max(len(series), 1)
+    positions = np.arange(len(folds))
+    for k, (name, values) in enumerate(series.items()):
+        means = [100 * values.get(f, (0.0, 0.0))[0] for f in folds]
+        stds = [100 * values.get(f, (0.0, 0.0))[1] for f in folds]
+        axis.bar(positions + k * width, means, width, yerr=stds, capsize=3, label=name,
+                 color=ARCH_COLOURS.get(name))  # fmt: skip
+    axis.set_xticks(positions + width * (len(series) - 1) / 2, folds, rotation=30, ha="right")
+    axis.set_ylabel("test mIoU (%), mean ± std over seeds")
+    axis.grid(axis="y", alpha=0.3)
+    axis.legend(fontsize=8)
+    axis.set_title(title)
+    figure.tight_layout()
+    return _png(figure)
+
+
 def class_distribution(matrix: np.ndarray, title: str) -> bytes:
     """Share of pixels per class in ground truth and in the prediction, on a log scale."""
     matrix = np.asarray(matrix, dtype=float)

@@ -27,8 +27,12 @@ from heritageseg.core.paths import (
     PER_IMAGE,
     PLOTS,
     RESOLUTION_FILES,
+    STUDY_FOLD_PLOT,
+    STUDY_SUMMARY,
     TRAIN_METRICS,
 )
+from heritageseg.core.readers import read_json
+from heritageseg.core.rebuild import rebuild_hint
 from heritageseg.nn.metrics import majority_baseline_miou, paired_bootstrap
 from heritageseg.nn.models import family
 from heritageseg.stages import pictures
@@ -155,14 +159,19 @@ def comparison_table(pairs: list[dict]) -> Table:
     rows = []
     for p in pairs:
         low, high = p["ci95"]
-        real = low > 0 or high < 0
-        winner = p["a"] if p["difference"] > 0 else p["b"]
-        verdict = f"{winner} better" if real else "within noise"
         rows.append([
             f"{p['a']} − {p['b']}", f"{100 * p['difference']:+.2f}",
-            f"[{100 * low:+.2f}, {100 * high:+.2f}]", f"{p['p_value']:.3f}", verdict,
+            f"[{100 * low:+.2f}, {100 * high:+.2f}]", f"{p['p_value']:.3f}", verdict(p),
         ])  # fmt: skip
     return Table(header, rows)
+
+
+def verdict(pair: dict) -> str:
+    """ "A better" when the interval of mIoU(a) - mIoU(b) excludes 0, else "within noise"."""
+    low, high = pair["ci95"]
+    if not (low > 0 or high < 0):
+        return "within noise"
+    return f"{pair['a'] if pair['difference'] > 0 else pair['b']} better"
 
 
 def _class_iou(document: dict, name: str) -> str:
@@ -266,6 +275,68 @@ def build_sections(
     return sections
 
 
+def _mean_std(mean: float, std: float) -> str:
+    return "-" if mean != mean else f"{100 * mean:.2f} ± {100 * std:.2f}"  # NaN: never present
+
+
+def study_sections(summary: dict, fold_figure: Path | None) -> list[Section]:
+    """The study's part of the report: spread over seeds (and folds), the comparisons with
+    their two-stage intervals beside the single-seed verdicts, IoU per class."""
+    archs = summary["archs"]
+    if not archs:
+        return [Section("Study", "No study run has a result yet.")]
+    folds = sorted({fold for a in archs.values() for fold in a["per_fold"]})
+    by_fold = summary["folds"] != "none"
+    header = ["model", "runs", "seeds", "test mIoU % (mean ± std)", "damage mIoU %"]
+    header += [f"held-out {f}" for f in folds] + ["std over folds"] if by_fold else []
+    rows = []
+    for arch, a in archs.items():
+        row = [arch, str(a["runs"]), ", ".join(map(str, a["seeds"])),
+               _mean_std(a["miou_mean"], a["miou_std"]), _pct(a["miou_damage_mean"])]  # fmt: skip
+        if by_fold:
+            row += [_mean_std(**a["per_fold"][f]) if f in a["per_fold"] else "-" for f in folds]
+            row.append(_pct(a["over_folds_std"]))
+        rows.append(row)
+    where = (
+        f"leave one {summary['folds']} out, every value in turn" if by_fold else "the test split"
+    )
+    sections = [Section(
+        "Study: spread over training runs",
+        f"Each architecture trained once per seed ({', '.join(map(str, summary['seeds']))}) "
+        f"and tested on {where}; mean ± sample std over the runs.",
+        [Table(header, rows)],
+        [("Test mIoU per held-out fold", fold_figure)] if fold_figure else [],
+    )]  # fmt: skip
+    if summary["comparisons"]:
+        table = comparison_table(summary["comparisons"])
+        table.header += ["single-seed benchmark", "the single-seed verdict"]
+        for row, pair in zip(table.rows, summary["comparisons"], strict=True):
+            single = pair.get("single_seed")
+            row += [single or "-", "-" if single is None else
+                    ("survives" if single == pair["verdict"] else "does not survive")]  # fmt: skip
+        sections.append(Section(
+            "Study: pairwise differences over seeds and images",
+            "Two-stage bootstrap: each draw resamples the test images (the same for both "
+            "models) and, for each model on its own, its training runs; the difference is of "
+            "the mean mIoU over runs, averaged over folds. It includes the run-to-run spread "
+            "that the benchmark's paired bootstrap over images alone leaves out.",
+            [table],
+        ))  # fmt: skip
+    names = list(next(iter(archs.values()))["per_class_iou"])
+    class_rows = [[name] + [_mean_std(**a["per_class_iou"][name]) for a in archs.values()]
+                  for name in names]  # fmt: skip
+    sections.append(Section(
+        "Study: IoU per class % (mean ± std over runs)",
+        "'-': the class was never present in truth or prediction of any run.",
+        [Table(["class", *archs], class_rows)],
+    ))  # fmt: skip
+    if summary.get("failures"):
+        failed = ", ".join(f"{f['arch']} seed {f['seed']} fold {f['fold']}"
+                           for f in summary["failures"])  # fmt: skip
+        sections.append(Section("Study: failed runs", f"Left out of the figures above: {failed}."))
+    return sections
+
+
 def comparison_figures(results: list[ArchResult]) -> dict[str, bytes]:
     out = {}
     for resolution in RESOLUTION_FILES:
@@ -287,8 +358,10 @@ def comparison_figures(results: list[ArchResult]) -> dict[str, bytes]:
     return out
 
 
-def render_markdown(sections: list[Section], root: Path) -> str:
-    lines = ["# heritageseg benchmark", ""]
+def render_markdown(
+    sections: list[Section], root: Path, title: str = "heritageseg benchmark"
+) -> str:
+    lines = [f"# {title}", ""]
     for section in sections:
         lines += [f"## {section.title}", ""]
         if section.text:
@@ -341,11 +414,22 @@ def render_html(sections: list[Section]) -> str:
     return "\n".join(parts)
 
 
+def _study_files(study: Path | None) -> tuple[dict | None, Path | None]:
+    """The study's summary and per-fold figure, where `heritageseg study` wrote them."""
+    if study is None or not (study / STUDY_SUMMARY).is_file():
+        return None, None
+    figure = study / "figures" / STUDY_FOLD_PLOT
+    summary = read_json(study / STUDY_SUMMARY, rebuild_hint("study"), ("archs", "comparisons"))
+    return summary, figure if figure.is_file() else None
+
+
 def run_report(
-    archs: list[str], *, metrics: Path, models: Path, out: Path, iterations: int, seed: int
+    archs: list[str], *, metrics: Path, models: Path, out: Path, iterations: int, seed: int,
+    study: Path | None = None,
 ) -> list[ArchResult]:  # fmt: skip
     """Write benchmark.md, index.html, comparisons.json and figures/ into `out` (other files
-    there, such as the inference benchmark's, are left alone)."""
+    there, such as the inference benchmark's, are left alone); with the study's sections
+    when `study` holds a summary (`heritageseg study`)."""
     results = [r for r in (load_result(a, metrics, models) for a in archs) if r]
     if not results:
         raise HeritagesegError(
@@ -359,10 +443,16 @@ def run_report(
         for r in results:
             for name, source in r.plots.items():
                 (staging / f"{r.arch}_{name}").write_bytes(source.read_bytes())
+        study_summary, study_figure = _study_files(study)
+        if study_figure:
+            (staging / f"study_{study_figure.name}").write_bytes(study_figure.read_bytes())
     figures = out / FIGURES
     for r in results:
         r.plots = {name: figures / f"{r.arch}_{name}" for name in r.plots}
     sections = build_sections(results, comparisons, {name: figures / name for name in pngs})
+    if study_summary:
+        figure = figures / f"study_{study_figure.name}" if study_figure else None
+        sections += study_sections(study_summary, figure)
     atomic_write_text(out / BENCHMARK_MD, render_markdown(sections, out))
     atomic_write_text(out / INDEX_HTML, render_html(sections))
     write_json(out / COMPARISONS, comparisons)

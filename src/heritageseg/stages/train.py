@@ -216,7 +216,7 @@ def run_training(
     steps_per_epoch = _optimizer_steps(len(train_set), model_cfg.batch_size, rank, cfg.accumulate)
     scheduler = _build_scheduler(cfg.scheduler, optimizer, lr, cfg.epochs, steps_per_epoch)
     scaler = torch.amp.GradScaler(device_.type, enabled=precision.scale_grads)
-    fingerprint = _fingerprint(params, arch, cache_info)
+    fingerprint = training_fingerprint(params, arch, cache_info)
     objects = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
 
     state = _start_state(out, objects, fingerprint, fresh, rank.is_main)
@@ -405,12 +405,14 @@ def _resume_fingerprint(out: Path) -> str | None:
     return None if extra is None else extra.get("fingerprint")
 
 
-def _fingerprint(params: Params, arch: str, cache_info: dict) -> str:
-    """What must not change between a run and its resumption."""
+def training_fingerprint(params: Params, arch: str, cache_info: dict) -> str:
+    """What must not change between a run and its resumption (and what a study's result
+    depends on)."""
     import hashlib
 
     content = {
-        "train": dataclasses.asdict(params.train),
+        "train": params.train.shared(),
+        "model": dataclasses.asdict(params.train.model(arch)),  # not the other archs' sections
         "augment": dataclasses.asdict(params.augment),
         "arch": arch,
         "cache": cache_info,
