@@ -140,3 +140,15 @@ def test_missing_per_image_matrices_name_the_file(evaluated, tmp_path):
     with pytest.raises(HeritagesegError, match=re.escape("per_image.npz: not found")):
         run_report(ARCHS, metrics=metrics, models=evaluated / "models", out=tmp_path / "r",
                    iterations=10, seed=0)  # fmt: skip
+
+
+def test_the_report_adds_the_studys_sections_when_given_its_folder(
+    evaluated, local_study, tmp_path
+):
+    run_report(ARCHS, metrics=evaluated / "metrics", models=evaluated / "models",
+               out=tmp_path / "r", iterations=50, seed=0,
+               study=local_study.folder / "metrics" / "study")  # fmt: skip
+    text = (tmp_path / "r" / "benchmark.md").read_text()
+    assert text.index("## Results") < text.index("## Study: spread over training runs")
+    assert "| segformer | 2 | 0, 1 |" in text and "## Study: IoU per class" in text
+    assert "Study: spread over training runs" in (tmp_path / "r" / "index.html").read_text()
