@@ -132,3 +132,27 @@ def test_the_study_is_one_mlflow_parent_with_a_child_per_run(local_study):
         "all",
     )
     assert "test_miou" in finished["convnext-seed1"].data.metrics
+
+
+def test_a_study_by_fold_writes_the_per_fold_table_and_figure(tmp_path):
+    from heritageseg.ops.study import write_study
+
+    per_class = {"Clean": {"mean": 0.9, "std": 0.0}}
+    archs = {
+        arch: {"runs": 4, "seeds": [0, 1], "miou_mean": m, "miou_std": 0.01,
+               "miou_damage_mean": 0.02, "over_folds_std": 0.03, "per_class_iou": per_class,
+               "per_fold": {"Line art": {"mean": m, "std": 0.01},
+                            "Photograph": {"mean": m + 0.05, "std": 0.02}}}
+        for arch, m in (("convnext", 0.1), ("maxvit", 0.2))
+    }  # fmt: skip
+    write_study(tmp_path, {"folds": "content", "seeds": [0, 1], "archs": archs,
+                           "comparisons": [], "failures": []})  # fmt: skip
+    figure = tmp_path / "figures" / "folds.png"
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = (tmp_path / "study.md").read_text()
+    assert "| held-out Line art | held-out Photograph | std over folds |" in text
+    assert (
+        "| maxvit | 4 | 0, 1 | 20.00 ± 1.00 | 2.00 | 20.00 ± 1.00 | 25.00 ± 2.00 | 3.00 |" in text
+    )
+    assert "![Test mIoU per held-out fold](figures/folds.png)" in text
+    assert json.loads((tmp_path / "failures.json").read_text()) == []
