@@ -189,6 +189,30 @@ def test_promotion_gate_refuses_worse_promotes_better_and_rollback_restores(trac
         registry.rollback(CFG, "segformer")
 
 
+def test_promotion_writes_the_model_card_as_the_versions_description(tracked, tmp_path):
+    out, data, card = tracked["out"], tracked["data"], tmp_path / "model_card.md"
+    assert cli.main(["--params", str(tracked["params"]), "promote", "--arch", "segformer",
+                     "--version", "1", "--raw", str(data / "raw"), "--models", str(out / "models"),
+                     "--metrics", str(out / "metrics"), "--card", str(card)]) == 0  # fmt: skip
+    text = card.read_text()
+    manifest = json.loads((data / "raw" / "manifest.json").read_text())
+    metrics = json.loads((out / "metrics" / "segformer" / "metrics.json").read_text())
+    low, high = metrics["miou_ci95"]
+    assert text.startswith(f"# {NAME} v1: model card")
+    for part in ("## Intended use", f"`{manifest['checksum']}`",
+                 f"records: {manifest['records']}", "| resolution | mIoU [95% CI] |",
+                 f"| prepared | {100 * metrics['miou']:.2f} % [{100 * low:.2f}, {100 * high:.2f}]",
+                 "| native |", "no-model floor", "Never learned (in the test truth",
+                 "encoder mit_b0", "## Promotion"):  # fmt: skip
+        assert part in text, part
+    never = text.split("Never learned (in the test truth, IoU 0 at every resolution): ")[1]
+    native = json.loads((out / "metrics" / "segformer" / "metrics_native.json").read_text())
+    for name, entry in metrics["per_class"].items():
+        if entry["support"] > 0 and entry["iou"] == 0 == native["per_class"][name]["iou"]:
+            assert name in never.split(".")[0], name
+    assert MlflowClient().get_model_version(NAME, "1").description == text
+
+
 def _image(path: Path, height: int, width: int) -> Path:
     rng = np.random.default_rng(height)
     Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(path)

@@ -234,6 +234,10 @@ def _add_mlflow_commands(commands) -> None:
     promote.add_argument("--force", action="store_true", help="promote even if test mIoU is lower")
     promote.add_argument("--rollback", action="store_true", help="restore the previous version")
     promote.add_argument("--version", help="registered version (default: the newest)")
+    _folder(promote, "--raw", paths.RAW, "ingested data (the card's training data)")
+    _folder(promote, "--models", paths.MODELS)
+    _folder(promote, "--metrics", paths.METRICS)
+    _folder(promote, "--card", paths.MODEL_CARD, "the model card, also the version's description")
     promote.set_defaults(handler=_promote)
 
     predict = commands.add_parser("predict", help="damage maps of images of any size")
@@ -276,6 +280,28 @@ def _promote(args: argparse.Namespace) -> None:
         "none" if d.production is None else f"v{d.production} {d.production_miou:.4f}"
     )
     print(f"{name} v{d.candidate}: {d.verdict} ({figures})")
+    _write_model_card(args, cfg, d)
+
+
+def _write_model_card(args: argparse.Namespace, cfg, decision) -> None:
+    """The candidate's model card, from models/ARCH and metrics/ARCH when they are the
+    candidate's (its run trained them), as the version's description and as a file."""
+    from heritageseg.core.fileio import atomic_write_text
+    from heritageseg.ops import registry
+    from heritageseg.ops.tracking import read_run_file
+    from heritageseg.stages.model_card import model_card
+
+    saved = read_run_file(Path(args.models) / args.arch)
+    if saved is None or saved["run_id"] != decision.candidate_run:
+        print(f"no model card: {Path(args.models) / args.arch} is not v{decision.candidate}'s "
+              f"training (run {decision.candidate_run or 'unknown'})")  # fmt: skip
+        return
+    text = model_card(decision.name, decision.candidate, args.arch, raw=Path(args.raw),
+                      models=Path(args.models), metrics=Path(args.metrics),
+                      decision=decision.describe())  # fmt: skip
+    atomic_write_text(Path(args.card), text)
+    registry.describe_version(cfg, decision.name, decision.candidate, text)
+    print(f"model card: {args.card} (and the description of v{decision.candidate})")
 
 
 def _predict(args: argparse.Namespace) -> None:

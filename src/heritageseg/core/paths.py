@@ -25,6 +25,7 @@ STUDY_WORK = MODELS / "study"  # study: each run's training (resumable) and fold
 REPORTS = Path("reports")  # report
 INFERENCE_REPORT = REPORTS / "inference.md"  # bench infer (+ .json beside it)
 GPU_REPORT = REPORTS / "gpu.md"  # bench gpu (+ .json beside it)
+MODEL_CARD = REPORTS / "model_card.md"  # promote: the card of the version it decided on
 
 # ------------------------------------------------------------ data/raw
 MANIFEST = "manifest.json"

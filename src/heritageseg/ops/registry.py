@@ -137,6 +137,16 @@ class Decision:
     production_miou: float | None
     promoted: bool
     forced: bool
+    candidate_run: str = ""  # the MLflow run that logged the candidate
+
+    def describe(self) -> str:
+        """The decision in a sentence, for the model card."""
+        production = ("none" if self.production is None
+                      else f"v{self.production} at {self.production_miou:.4f}")  # fmt: skip
+        gate = "promoted when its test mIoU is at least production's"
+        return (f"{self.verdict}: v{self.candidate} scored test mIoU {self.candidate_miou:.4f} "
+                f"against production {production} (the gate: {gate})"
+                + (", forced past the gate" if self.forced else "") + ".")  # fmt: skip
 
     @property
     def verdict(self) -> str:
@@ -217,12 +227,21 @@ def promote(cfg: TrackingConfig, arch: str, *, force: bool = False,
         production_miou,
         promoted=passes or force,
         forced=force and not passes,
+        candidate_run=candidate.tags.get("run_id", ""),
     )
     if decision.promoted and decision.production != decision.candidate:
         history = _history(client, name, current)
         _set_production(client, name, decision.candidate, [*history, decision.candidate])
     _record(client, experiment_id, candidate, decision)
     return decision
+
+
+def describe_version(cfg: TrackingConfig, name: str, version: str, text: str) -> None:
+    """Set a registered version's description (the UI shows it on the version's page)."""
+    from mlflow.tracking import MlflowClient
+
+    connect(cfg, create=False)
+    MlflowClient().update_model_version(name, version, description=text)
 
 
 def _pick_version(versions: list, version: str | None, uri: str):
