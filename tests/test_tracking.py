@@ -29,7 +29,7 @@ from heritageseg.data.images import open_scan
 from heritageseg.infer.regions import RegionCounter
 from heritageseg.ops import registry, tracking
 from heritageseg.stages.predict import damage_report
-from tests.browser import chromium, ink, screenshot
+from tests.browser import Tab, chromium, ink, screenshot
 from tests.images import header_only_png
 
 from .conftest import ARTIFACTS, BIN, ROOT
@@ -502,6 +502,25 @@ def _dom(url: str) -> str:
 def test_mlflow_ui_in_headless_chromium_shows_the_benchmark_runs(tracked, ui_server):
     client = MlflowClient()
     experiment = client.get_run(tracked["run_id"]).info.experiment_id
+    assert client.get_experiment(experiment).tags[tracking.EXPERIMENT_KIND] == (
+        "custom_model_development"
+    )
+    parent = client.get_run(tracked["parent_run_id"]).data.metrics
+    assert {
+        "segformer_test_miou",
+        "segformer_test_miou_ci95_low",
+        "segformer_test_dice",
+        "segformer_test_throughput_img_s",
+        "segformer_test_native_miou",
+    } <= set(parent)
+    landing = f"{ui_server}/{tracking.experiment_page(experiment)}"  # `heritageseg ui` prints it
+    with Tab(ARTIFACTS, 1600, 1000) as tab:  # the first screen, as a person opens it
+        tab.open(landing, "document.body.innerText.includes('segformer_test_miou')", 120)
+        tab.wait_for("document.querySelectorAll('.js-plotly-plot').length >= 3", 60)
+        text = tab.evaluate("document.body.innerText")
+        tab.screenshot(ARTIFACTS / "mlflow-ui-experiment.png")
+    assert f"benchmark-{BENCHMARK}" in text and "Model training" in text
+    assert "segformer_test_miou" in text and "segformer_test_dice" in text
     runs_page = _dom(f"{ui_server}/#/experiments/{experiment}/runs")
     assert f"benchmark-{BENCHMARK}" in runs_page, runs_page[-2000:]
     children = client.search_runs(

@@ -327,13 +327,15 @@ def _ui(args: argparse.Namespace) -> None:
 
     cfg = load_params(args.params).tracking
     uri = tracking.tracking_uri(cfg)
-    tracking.connect(cfg)  # creates the store and the experiment on first use
+    experiment = tracking.connect(cfg)  # creates the store and the experiment on first use
     command = [sys.executable, "-m", "mlflow", "ui", "--host", "127.0.0.1",
                "--port", str(args.port), "--workers", str(args.workers),
                "--backend-store-uri", uri]  # fmt: skip
     # MLflow's GenAI job runner (a pool of consumer processes) serves nothing of this project
     os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
-    print(f"MLflow UI on http://127.0.0.1:{args.port} over {uri} (Ctrl-C stops it)", flush=True)
+    print(f"MLflow UI on http://127.0.0.1:{args.port} over {uri} (Ctrl-C stops it); the "
+          f"benchmark: http://127.0.0.1:{args.port}/{tracking.experiment_page(experiment)}",
+          flush=True)  # fmt: skip
     os.execv(sys.executable, command)  # the server replaces this process: one pid, Ctrl-C works
 
 

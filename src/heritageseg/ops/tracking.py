@@ -44,6 +44,10 @@ TAG_ARCH = "heritageseg.arch"
 TAG_STUDY = "heritageseg.study"
 TAG_FINGERPRINT = "heritageseg.fingerprint"
 PRODUCTION = "production"
+# The MLflow UI (3.x) opens an experiment of this kind on its runs, not on the GenAI overview
+EXPERIMENT_KIND = "mlflow.experimentKind"
+KIND_TAG = {EXPERIMENT_KIND: "custom_model_development"}
+HEADLINE = ("miou", "miou_damage", "dice", "throughput_img_s")  # on the parent, per arch
 
 
 class TrackingError(HeritagesegError):
@@ -78,6 +82,13 @@ def connect(cfg: TrackingConfig, create: bool = True) -> str:
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return _experiment_id(uri, cfg.experiment)
+
+
+def experiment_page(experiment_id: str) -> str:
+    """The UI's address (after the host) of the experiment's runs list. MLflow 3's UI picks
+    its GenAI or machine-learning view from a `workflowType` the browser remembers (GenAI by
+    default), not from the experiment's kind tag alone: the link asks for the ML view."""
+    return f"#/experiments/{experiment_id}/runs?workflowType=machine_learning&compareRunsMode=CHART"
 
 
 def _check_reachable(uri: str, create: bool) -> None:
@@ -115,12 +126,15 @@ def _experiment_id(uri: str, name: str) -> str:
     try:
         experiment = client.get_experiment_by_name(name)
         if experiment is not None:
+            if experiment.tags.get(EXPERIMENT_KIND) != KIND_TAG[EXPERIMENT_KIND]:
+                client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND,
+                                          KIND_TAG[EXPERIMENT_KIND])  # fmt: skip
             return experiment.experiment_id
         location = None
         if uri.startswith("sqlite:///"):
             location = (_sqlite_path(uri).resolve().parent / "artifacts").as_uri()
         try:
-            return client.create_experiment(name, artifact_location=location)
+            return client.create_experiment(name, artifact_location=location, tags=KIND_TAG)
         except MlflowException:  # created meanwhile by another process
             return client.get_experiment_by_name(name).experiment_id
     except MlflowException as exc:
@@ -421,17 +435,27 @@ def log_evaluation(
             **run_tags("evaluate", manifest), "mlflow.parentRunId": parent,
             TAG_BENCHMARK: benchmark, TAG_ARCH: arch, TAG_ROLE: "arch"}).info.run_id  # fmt: skip
     else:
-        run_id, benchmark = saved["run_id"], saved["benchmark"]
+        run_id, benchmark, parent = saved["run_id"], saved["benchmark"], saved["parent_run_id"]
     client.set_tag(run_id, "evaluated", "true")
     log_params(run_id, flatten(params.evaluate, "evaluate"))
     for name, document in documents.items():
         prefix = metrics_prefix(name, document)
         _log_metrics_document(client, run_id, document, prefix)
+        client.log_batch(parent, metrics=_metrics(_headline(arch, prefix, document)))
     for path in sorted(metrics_dir.rglob("*")):
         if path.is_file():
             relative = path.parent.relative_to(metrics_dir)
             client.log_artifact(run_id, str(path), str(Path("evaluate") / relative))
     return run_id, benchmark
+
+
+def _headline(arch: str, prefix: str, document: dict) -> dict[str, float]:
+    """What the parent run shows of an arch, so the runs list compares the three without
+    expanding it: `segformer_test_miou` with its interval, damage mIoU, Dice, img/s."""
+    low, high = document["miou_ci95"]
+    values = {f"{arch}_{prefix}_{key}": float(document[key]) for key in HEADLINE}
+    values.update({f"{arch}_{prefix}_miou_ci95_low": low, f"{arch}_{prefix}_miou_ci95_high": high})
+    return values
 
 
 def log_report(cfg: TrackingConfig, folder: Path, models: Path) -> list[str]:
