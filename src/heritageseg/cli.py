@@ -262,6 +262,17 @@ def _add_mlflow_commands(commands) -> None:
     ui.add_argument("--workers", type=int, default=2, help="server processes (default 2)")
     ui.set_defaults(handler=_ui)
 
+    server = commands.add_parser(
+        "server", help="a team's MLflow server: PostgreSQL store, proxied artifacts, logins"
+    )
+    server.add_argument(
+        "--folder", type=Path, default=Path("mlflow-server"),
+        help="database, artifacts and auth settings (default mlflow-server/)",
+    )  # fmt: skip
+    server.add_argument("--port", type=int, default=5000)
+    server.add_argument("--db-port", type=int, default=5433, help="PostgreSQL, on 127.0.0.1")
+    server.set_defaults(handler=_server)
+
 
 def _promote(args: argparse.Namespace) -> None:
     from heritageseg.ops import registry
@@ -337,6 +348,19 @@ def _ui(args: argparse.Namespace) -> None:
           f"benchmark: http://127.0.0.1:{args.port}/{tracking.experiment_page(experiment)}",
           flush=True)  # fmt: skip
     os.execv(sys.executable, command)  # the server replaces this process: one pid, Ctrl-C works
+
+
+def _server(args: argparse.Namespace) -> None:
+    from heritageseg.ops.server import ADMIN_PASSWORD_ENV, run_server
+
+    print(
+        f"MLflow server on http://127.0.0.1:{args.port} (PostgreSQL on {args.db_port}, data in "
+        f"{args.folder}); admin: user admin, password from {ADMIN_PASSWORD_ENV}; clients sign "
+        "in with MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD", flush=True,
+    )  # fmt: skip
+    status = run_server(args.folder, args.port, args.db_port)
+    if status:
+        raise SystemExit(status)
 
 
 def _add_launch_arguments(parser: argparse.ArgumentParser) -> None:

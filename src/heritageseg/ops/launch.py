@@ -195,9 +195,7 @@ def _ended(job) -> bool:
     """Whether the job is over. submitit's `done()` trusts sacct, which can report a job
     requeued after a preemption or time-out as CANCELLED (and caches it) before slurmctld
     restarts it: a job without its result is over only when squeue no longer lists it."""
-    if all(task.paths.result_pickle.exists() for task in _tasks(job)):
-        return True
-    return job.done() and not _queued(job.job_id)
+    return _has_result(job) or (job.done() and not _queued(job.job_id))
 
 
 def _queued(job_id: str) -> bool:
@@ -213,8 +211,10 @@ def _queued(job_id: str) -> bool:
     return found.returncode == 0 and bool(found.stdout.strip())
 
 
-def _tasks(job) -> list:
-    return [job.task(i) for i in range(job.num_tasks)] if job.num_tasks > 1 else [job]
+def _has_result(job) -> bool:
+    """Every task of the job wrote its result (or its error) file."""
+    tasks = [job.task(i) for i in range(job.num_tasks)] if job.num_tasks > 1 else [job]
+    return all(task.paths.result_pickle.exists() for task in tasks)
 
 
 def _logs(job) -> tuple[Path, Path]:
@@ -235,9 +235,8 @@ def _outcome(job) -> Any:
     final Slurm state, and where the log is."""
     import submitit
 
-    tasks = _tasks(job)
     stderr = _logs(job)[1]
-    if not all(task.paths.result_pickle.exists() for task in tasks):
+    if not _has_result(job):
         state = job.watcher.get_state(job.job_id, mode="force")
         raise LaunchError(
             f"job {job.job_id} ended {state} without a result; log: {stderr}{_last_lines(stderr)}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -229,11 +230,30 @@ def promote(cfg: TrackingConfig, arch: str, *, force: bool = False,
         forced=force and not passes,
         candidate_run=candidate.tags.get("run_id", ""),
     )
-    if decision.promoted and decision.production != decision.candidate:
-        history = _history(client, name, current)
-        _set_production(client, name, decision.candidate, [*history, decision.candidate])
-    _record(client, experiment_id, candidate, decision)
+    with _permission(name, uri):
+        if decision.promoted and decision.production != decision.candidate:
+            history = _history(client, name, current)
+            _set_production(client, name, decision.candidate, [*history, decision.candidate])
+        _record(client, experiment_id, candidate, decision)
     return decision
+
+
+@contextlib.contextmanager
+def _permission(name: str, uri: str):
+    """A server's refusal (basic-auth) as a message naming the permission that is missing."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as exc:
+        if exc.error_code != "PERMISSION_DENIED":
+            raise
+        user = os.environ.get("MLFLOW_TRACKING_USERNAME", "this user")
+        raise TrackingError(
+            f"{uri}: {user} may not promote {name}: it needs MANAGE permission on the "
+            f"registered model {name} (the server: {exc.message}); ask its maintainer or the "
+            "server's admin to grant it"
+        ) from None
 
 
 def describe_version(cfg: TrackingConfig, name: str, version: str, text: str) -> None:

@@ -44,7 +44,7 @@ TAG_ARCH = "heritageseg.arch"
 TAG_STUDY = "heritageseg.study"
 TAG_FINGERPRINT = "heritageseg.fingerprint"
 PRODUCTION = "production"
-# The MLflow UI (3.x) opens an experiment of this kind on its runs, not on the GenAI overview
+# Marks the experiment as model training for MLflow 3's UI (see experiment_page for the view)
 EXPERIMENT_KIND = "mlflow.experimentKind"
 KIND_TAG = {EXPERIMENT_KIND: "custom_model_development"}
 HEADLINE = ("miou", "miou_damage", "dice", "throughput_img_s")  # on the parent, per arch
@@ -138,6 +138,11 @@ def _experiment_id(uri: str, name: str) -> str:
         except MlflowException:  # created meanwhile by another process
             return client.get_experiment_by_name(name).experiment_id
     except MlflowException as exc:
+        if exc.error_code == "UNAUTHENTICATED":
+            raise TrackingError(
+                f"MLflow server {uri} needs a login: set MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD (or write them in ~/.mlflow/credentials)"
+            ) from None
         raise TrackingError(f"MLflow store {uri}: {exc.message}") from None
 
 
@@ -210,31 +215,35 @@ def flatten(data: Any, prefix: str) -> dict[str, str]:
 # ---------------------------------------------------------------- runs
 
 
-def find_parent(experiment_id: str, benchmark: str) -> str | None:
-    """The benchmark's parent run id (the oldest, should two processes race), or None."""
+def find_parent(experiment_id: str, benchmark: str, role: str = "benchmark") -> str | None:
+    """The parent run id of the benchmark (or of the study, role "study": its id is tagged
+    TAG_STUDY) — the oldest, should two processes race — or None."""
     from mlflow.tracking import MlflowClient
 
+    tag = TAG_STUDY if role == "study" else TAG_BENCHMARK
     found = MlflowClient().search_runs(
         [experiment_id],
-        f"tags.`{TAG_BENCHMARK}` = '{benchmark}' and tags.`{TAG_ROLE}` = 'benchmark'",
+        f"tags.`{tag}` = '{benchmark}' and tags.`{TAG_ROLE}` = '{role}'",
         order_by=["attributes.start_time ASC"],
         max_results=1,
     )
     return found[0].info.run_id if found else None
 
 
-def parent_run(experiment_id: str, benchmark: str) -> str:
-    """The benchmark's parent run id, created (and marked finished) on first use."""
+def parent_run(experiment_id: str, benchmark: str, role: str = "benchmark",
+               manifest: Path | None = None) -> str:  # fmt: skip
+    """The parent run id (see find_parent), created (and marked finished) on first use."""
     from mlflow.tracking import MlflowClient
 
-    found = find_parent(experiment_id, benchmark)
+    found = find_parent(experiment_id, benchmark, role)
     if found is not None:
         return found
     client = MlflowClient()
+    tag = TAG_STUDY if role == "study" else TAG_BENCHMARK
     run = client.create_run(
         experiment_id,
-        run_name=f"benchmark-{benchmark}",
-        tags={TAG_BENCHMARK: benchmark, TAG_ROLE: "benchmark", **run_tags("benchmark", None)},
+        run_name=f"{role}-{benchmark}",
+        tags={tag: benchmark, TAG_ROLE: role, **run_tags(role, manifest)},
     )
     client.set_terminated(run.info.run_id)
     return run.info.run_id
@@ -538,7 +547,7 @@ def log_study(cfg: TrackingConfig, params_file: Path, raw: Path, summary: dict,
     manifest = raw / MANIFEST
     study = benchmark_id(params_file, manifest)
     client = MlflowClient()
-    parent = _study_parent(client, experiment_id, study, manifest)
+    parent = parent_run(experiment_id, study, role="study", manifest=manifest)
     children = {run.info.run_name: run for run in client.search_runs(
         [experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'", max_results=5000)}  # fmt: skip
     for result in results:
@@ -548,19 +557,6 @@ def log_study(cfg: TrackingConfig, params_file: Path, raw: Path, summary: dict,
     client.log_batch(parent, metrics=_metrics(_study_metrics(summary)))
     client.log_artifacts(parent, str(folder), "study")
     return parent
-
-
-def _study_parent(client, experiment_id: str, study: str, manifest: Path) -> str:
-    found = client.search_runs(
-        [experiment_id], f"tags.`{TAG_STUDY}` = '{study}' and tags.`{TAG_ROLE}` = 'study'",
-        order_by=["attributes.start_time ASC"], max_results=1,
-    )  # fmt: skip
-    if found:
-        return found[0].info.run_id
-    run = client.create_run(experiment_id, run_name=f"study-{study}", tags={
-        TAG_STUDY: study, TAG_ROLE: "study", **run_tags("study", manifest)})  # fmt: skip
-    client.set_terminated(run.info.run_id)
-    return run.info.run_id
 
 
 def _log_study_child(client, experiment_id: str, parent: str, study: str, children: dict,
