@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -21,19 +20,13 @@ from PIL import Image
 from heritageseg.ops.server import ADMIN_PASSWORD_ENV
 
 from .conftest import BIN, ROOT
-from .test_tracking import _log_concurrently
+from .test_tracking import _free_port, _log_concurrently
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 ADMIN = ("admin", "admin-pass-4-tests")
 READER = ("rita", "reader-pass-123")
 MAINTAINER = ("max", "maintainer-pass-123")
 NAME = "heritageseg-segformer"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _postgres() -> None:

@@ -97,7 +97,7 @@ def compare(
         for a, b in itertools.combinations(results, 2):
             if resolution not in a.per_image or resolution not in b.per_image:
                 continue
-            matrices_a, matrices_b = _aligned(a.per_image[resolution], b.per_image[resolution])
+            matrices_a, matrices_b = aligned(a.per_image[resolution], b.per_image[resolution])
             if len(matrices_a) == 0:
                 continue
             result = paired_bootstrap(matrices_a, matrices_b, iterations, seed)
@@ -107,7 +107,7 @@ def compare(
     return out
 
 
-def _aligned(a: tuple[list[str], np.ndarray], b: tuple[list[str], np.ndarray]):
+def aligned(a: tuple[list[str], np.ndarray], b: tuple[list[str], np.ndarray]):
     """The matrices of the images both were scored on, in a's order."""
     position_b = {image: i for i, image in enumerate(b[0])}
     keep = [(i, position_b[image]) for i, image in enumerate(a[0]) if image in position_b]

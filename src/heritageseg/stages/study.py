@@ -31,7 +31,7 @@ from heritageseg.data.cache import read_index, read_info
 from heritageseg.nn.metrics import paired_bootstrap, spread, study_bootstrap
 from heritageseg.stages.evaluate import run_evaluation
 from heritageseg.stages.loco import fold_index, fold_problem, fold_tables, slug, write_fold_inputs
-from heritageseg.stages.report import verdict
+from heritageseg.stages.report import aligned, verdict
 from heritageseg.stages.results import read_per_image
 from heritageseg.stages.train import run_training, training_fingerprint
 
@@ -248,21 +248,8 @@ def _single_seed_verdict(a: str, b: str, metrics: Path | None, params: Params) -
     per_image = [read_per_image(path, ("prepared",)).get("prepared") for path in paths]
     if any(p is None for p in per_image):
         return None
-    (ids_a, matrices_a), (ids_b, matrices_b) = per_image
-    position_b = {image: i for i, image in enumerate(ids_b)}
-    keep = [(i, position_b[x]) for i, x in enumerate(ids_a) if x in position_b]
-    if not keep:
+    matrices_a, matrices_b = aligned(*per_image)
+    if len(matrices_a) == 0:
         return None
-    pair = paired_bootstrap(matrices_a[[i for i, _ in keep]], matrices_b[[j for _, j in keep]],
-                            params.evaluate.bootstrap, params.evaluate.seed)  # fmt: skip
+    pair = paired_bootstrap(matrices_a, matrices_b, params.evaluate.bootstrap, params.evaluate.seed)
     return verdict({"a": a, "b": b, **pair})
-
-
-def survival_line(pair: dict) -> str:
-    """Whether the main benchmark's single-seed verdict on the pair holds in the study."""
-    single = pair.get("single_seed")
-    if single is None:
-        return "no single-seed benchmark result to compare"
-    if single == pair["verdict"]:
-        return f"survives: the single-seed benchmark also said '{single}'"
-    return f"does not survive: the single-seed benchmark said '{single}'"
