@@ -1,9 +1,5 @@
-"""Headless Chromium for tests that look at a page the way a person would.
-
-Debian's `chromium` is installed on first use when missing and we are root (CI's machine is a
-fresh one); elsewhere a test without a browser is skipped with the reason, unless `CI` is set,
-where a missing browser is a failure.
-"""
+"""Headless Chromium for tests that look at a page the way a person would (Debian's
+`chromium`, installed on first use as tests/debian.py says)."""
 
 from __future__ import annotations
 
@@ -16,8 +12,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
+
+from .debian import require
 
 FLAGS = (
     "--headless",
@@ -37,27 +34,9 @@ FLAGS = (
 )
 
 
-def _install() -> None:
-    run = {"check": True, "capture_output": True, "timeout": 900}
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-qq"], env=env, **run)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], env=env, **run)
-
-
 def chromium() -> str:
     """The chromium binary, installing Debian's package when missing and possible."""
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found:
-        return found
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        _install()
-        found = shutil.which("chromium")
-    if found:
-        return found
-    reason = "chromium is missing and cannot be installed here (not root or no apt-get)"
-    if os.environ.get("CI"):
-        pytest.fail(reason)
-    pytest.skip(reason)
+    return require("chromium", lambda: shutil.which("chromium") or shutil.which("chromium-browser"))
 
 
 def screenshot(
