@@ -22,6 +22,9 @@ ADMIN_PASSWORD_ENV = "HERITAGESEG_ADMIN_PASSWORD"  # the server's admin (user `a
 DATABASE_USER = "mlflow"
 DATABASES = ("mlflow", "mlflow_auth")  # runs + registry; users + permissions
 DB_SYSTEM_USER = "postgres"  # PostgreSQL refuses to run as root: it runs as this user
+# how long a worker trusts a checked login; a changed password or a deleted user may still
+# be accepted this long by the other worker
+AUTH_CACHE_S = 60
 
 
 class ServerError(HeritagesegError):
@@ -79,13 +82,16 @@ def stop_database(folder: Path) -> None:
 
 def auth_config(folder: Path, database: str, password: str) -> Path:
     """basic_auth.ini: users and permissions in their own database; READ for every user
-    signed in, more only where granted (a resource's creator manages it)."""
+    signed in, more only where granted (a resource's creator manages it). A checked login
+    is kept AUTH_CACHE_S per worker: each check hashes the password (tens of ms of CPU), and
+    a training logs every epoch, an evaluation every file, each request signed in."""
     path = folder / "basic_auth.ini"
     path.write_text(
         "[mlflow]\ndefault_permission = READ\n"
         f"database_uri = {database}/{DATABASES[1]}\nadmin_username = admin\n"
         f"admin_password = {password}\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        f"auth_cache_ttl_seconds = {AUTH_CACHE_S}\n"
     )
     path.chmod(0o600)  # it holds the admin's password
     return path
