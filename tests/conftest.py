@@ -129,6 +129,26 @@ def tiny(tiny_project: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(tiny_project, tmp_path / "tiny", symlinks=True))
 
 
+# the pipeline's own size for `dvc repro` in tests (test_pipeline, test_team): a minute or two
+PIPELINE = {"ingest": {"n": 12, "max_size": 96, "rows_per_shard": 4}, "train": {"epochs": 1},
+            "study": {"archs": ["segformer", "convnext"], "seeds": [0]}}  # fmt: skip
+
+
+def pipeline_copy(folder: Path) -> Path:
+    """FOLDER/project: the pipeline's files (dvc.yaml, the sources, DVC's config) under a
+    fresh git repository, with `tiny_params(**PIPELINE)`, ready for `dvc repro`."""
+    copy = folder / "project"
+    copy.mkdir()
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore", "study/dvc.yaml", "data/.gitignore"):
+        (copy / name).parent.mkdir(exist_ok=True)
+        shutil.copy(ROOT / name, copy / name)
+    shutil.copytree(ROOT / "src", copy / "src", ignore=shutil.ignore_patterns("*.egg-info"))
+    shutil.copytree(ROOT / ".dvc", copy / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
+    (copy / "params.yaml").write_text(yaml.safe_dump(tiny_params(**PIPELINE)))
+    subprocess.run(["git", "init", "-q"], cwd=copy, check=True)
+    return copy
+
+
 STUDY = {"archs": ["segformer", "convnext"], "seeds": [0, 1], "bootstrap": 200}
 STUDY_EPOCHS = 2  # enough for a job to be preempted after its first epoch and resume
 

@@ -12,21 +12,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import BIN, ROOT, tiny_params
+from .browser import Tab
+from .conftest import ARTIFACTS, BIN, pipeline_copy
+from .sshd import ssh_server
+from .test_tracking import _free_port, _stop, _wait_http
 
 pytestmark = pytest.mark.pipeline
 ARCHS = ("convnext", "segformer", "maxvit")
 
 
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {
-        **os.environ,
-        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-        "DVC_NO_ANALYTICS": "1",
-        "HF_HUB_OFFLINE": "1",
-    }
-    env.pop("MLFLOW_TRACKING_URI", None)  # the project's own store, as `dvc repro` uses it
-    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    done = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True, check=False)
     assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
     return done
 
@@ -34,26 +30,15 @@ def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A git + DVC copy of the pipeline files with a tiny synthetic set, reproduced once for
-    every test of this module (they run in order: the last one commits and runs an experiment)."""
-    copy = tmp_path_factory.mktemp("pipeline") / "project"
-    copy.mkdir()
-    for name in ("dvc.yaml", ".dvcignore", "study/dvc.yaml"):
-        (copy / name).parent.mkdir(exist_ok=True)
-        shutil.copy(ROOT / name, copy / name)
-    shutil.copytree(ROOT / "src", copy / "src", ignore=shutil.ignore_patterns("*.egg-info"))
-    shutil.copytree(ROOT / ".dvc", copy / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
-    (copy / "data").mkdir()
-    shutil.copy(ROOT / "data" / ".gitignore", copy / "data" / ".gitignore")
-    params = tiny_params(ingest={"n": 12, "max_size": 96, "rows_per_shard": 4}, train={"epochs": 1},
-                         study={"archs": ["segformer", "convnext"], "seeds": [0]})  # fmt: skip
-    (copy / "params.yaml").write_text(yaml.safe_dump(params))
-    _run(["git", "init", "-q"], copy)
+    every test of this module (they run in order: the later ones commit, push, run an
+    experiment)."""
+    copy = pipeline_copy(tmp_path_factory.mktemp("pipeline"))
     _run([str(BIN / "dvc"), "repro"], copy)
     return copy
 
 
 @pytest.mark.slow
-def test_dvc_repro_runs_every_stage_is_a_no_op_the_second_time_and_deterministic(project: Path):
+def test_dvc_repro_runs_every_stage_and_is_a_no_op_the_second_time(project: Path):
     params = yaml.safe_load((project / "params.yaml").read_text())
     manifest = json.loads((project / "data" / "raw" / "manifest.json").read_text())
     assert manifest["records"] == params["ingest"]["n"]
@@ -86,7 +71,39 @@ def test_dvc_repro_runs_every_stage_is_a_no_op_the_second_time_and_deterministic
     assert "didn't change" in again.stdout or "up to date" in again.stdout
     status = _run([str(BIN / "dvc"), "status", "dvc.yaml"], project)  # not study/dvc.yaml yet
     assert "up to date" in status.stdout
-    _check_forced_rerun_gives_identical_scores(project)
+
+
+@pytest.mark.slow
+def test_a_fresh_clone_pulls_from_an_ssh_remote_and_repro_is_a_no_op(project, tmp_path):
+    """The team's remote over SSH (Debian's sshd on loopback, a throw-away key): push the
+    benchmark just reproduced and commit; a fresh `git clone` + `dvc pull` has the same
+    models and reports, and `dvc repro` there runs no stage. (Not the default remote: the
+    next tests push to the directory one.)"""
+    dvc = str(BIN / "dvc")
+    with ssh_server(tmp_path) as server:
+        _run([dvc, "remote", "add", "team", f"{server.url}{tmp_path}/remote"], project)
+        _run([dvc, "remote", "modify", "--local", "team", "keyfile", str(server.keyfile)], project)
+        _run([dvc, "push", "-r", "team"], project)
+        _commit(project, "the benchmark, pushed to the team's remote")
+        clone = tmp_path / "clone"
+        _run(["git", "clone", "-q", str(project), str(clone)], tmp_path)
+        _run([dvc, "remote", "modify", "--local", "team", "keyfile", str(server.keyfile)], clone)
+        _run([dvc, "pull", "-r", "team", "dvc.yaml"], clone)  # the study has not run yet
+    assert _weights(clone) == _weights(project)
+    for name in ("reports/index.html", "data/raw/manifest.json", "metrics/segformer/per_image.npz"):
+        assert (clone / name).read_bytes() == (project / name).read_bytes(), name
+    assert "up to date" in _run([dvc, "status", "dvc.yaml"], clone).stdout
+    repro = _run([dvc, "repro"], clone).stdout
+    assert "Running stage" not in repro, repro
+
+
+def _commit(project: Path, message: str) -> None:
+    """Commit what git keeps of the project (dvc.lock, the metrics DVC leaves to git, the
+    remote's name), as a team does with each result; nothing new to commit is fine."""
+    _run(["git", "add", "-A"], project)
+    if _run(["git", "status", "--porcelain"], project).stdout:
+        _run(["git", "-c", "user.name=test", "-c", "user.email=test@example.org", "commit",
+              "-qm", message], project)  # fmt: skip
 
 
 @pytest.mark.slow
@@ -115,6 +132,75 @@ def test_the_study_pipeline_reruns_only_the_runs_whose_inputs_changed(project: P
         params_file.write_text(original)
 
 
+@pytest.mark.slow
+@pytest.mark.server
+@pytest.mark.browser
+def test_the_mlflow_ui_opens_on_the_three_architectures_and_their_test_miou(project, tmp_path):
+    """`heritageseg ui` over the project's store prints the benchmark's link; opened in
+    headless Chromium at a laptop's size, its first screen shows one row an architecture,
+    best test mIoU first, with the figures of metrics/ARCH/metrics.json."""
+    port, log = _free_port(), tmp_path / "ui.log"
+    with log.open("w") as stream:
+        ui = subprocess.Popen(
+            [str(BIN / "heritageseg"), "ui", "--port", str(port)], cwd=project,
+            env={**_env(), "PYTHONUNBUFFERED": "1"}, stdout=stream, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/health", ui, 120, log)
+        (link,) = re.findall(r"one row an architecture: (\S+)", log.read_text())
+        with Tab(ARTIFACTS, 1400, 900) as tab:
+            tab.open(link, "['convnext', 'segformer', 'maxvit'].every(name => "
+                     "document.body.innerText.includes(name))", 120)  # fmt: skip
+            tab.wait_for("document.body.innerText.includes('test_miou')")
+            shown = tab.evaluate(_ON_FIRST_SCREEN)
+            tab.screenshot(ARTIFACTS / "mlflow-ui-benchmark.png")
+    finally:
+        _stop(ui)
+    scores = {arch: json.loads((project / "metrics" / arch / "metrics.json").read_text())["miou"]
+              for arch in ARCHS}  # fmt: skip
+    best_first = sorted(ARCHS, key=scores.get, reverse=True)
+    assert [name for name in shown["texts"] if name in ARCHS] == best_first, shown
+    assert "test_miou" in shown["texts"] and "test_miou_damage" in shown["texts"]
+    for arch in ARCHS:
+        assert repr(scores[arch]) in shown["texts"], (arch, scores[arch])
+
+
+# The texts of the elements wholly inside the window: what a person sees without scrolling.
+_ON_FIRST_SCREEN = """(() => {
+  const texts = [];
+  for (const element of document.querySelectorAll('body *')) {
+    if (element.children.length) continue;
+    const box = element.getBoundingClientRect(), text = element.innerText?.trim();
+    if (text && box.width && box.top >= 0 && box.bottom <= innerHeight
+        && box.left >= 0 && box.right <= innerWidth) texts.push(text);
+  }
+  return {texts};
+})()"""
+
+
+def _env() -> dict[str, str]:
+    """The pipeline's environment: the venv first, offline, the project's own MLflow store."""
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+           "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1"}  # fmt: skip
+    env.pop("MLFLOW_TRACKING_URI", None)  # the project's own store, as `dvc repro` uses it
+    return env
+
+
+@pytest.mark.slow
+def test_a_forced_rerun_gives_identical_weights_and_scores(project: Path) -> None:
+    """Same params, same code, CPU: retraining every architecture gives the same weights, byte
+    for byte, and re-evaluating gives the same scores in every metrics file (one architecture:
+    evaluation is the same code for all). The models/ARCH folders still change hash: their
+    history holds timings."""
+    before = _scores(project), _weights(project)
+    dvc = str(BIN / "dvc")
+    _run([dvc, "repro", "--force", "--single-item", *(f"train@{a}" for a in ARCHS)], project)
+    assert _weights(project) == before[1]
+    _run([dvc, "repro", "--force", "--single-item", "evaluate@segformer"], project)
+    assert _scores(project) == before[0]
+
+
 SPEED_KEYS = {"throughput_img_s", "latency_ms", "peak_mem_mb"}  # measurements, not results
 
 
@@ -128,6 +214,10 @@ def _scores(project: Path) -> dict:
         for arch in ARCHS
         for name in ("metrics.json", "metrics_native.json")
     }
+
+
+def _weights(project: Path) -> dict[str, bytes]:
+    return {arch: (project / "models" / arch / "model.safetensors").read_bytes() for arch in ARCHS}
 
 
 @pytest.mark.slow
@@ -151,23 +241,6 @@ def _empty_but_gitignore(folder: Path) -> None:
     for path in folder.iterdir():
         if path.name != ".gitignore":
             shutil.rmtree(path) if path.is_dir() else path.unlink()
-
-
-def _check_forced_rerun_gives_identical_scores(project: Path) -> None:
-    """Same params, same code, CPU: retraining every architecture gives the same weights, byte
-    for byte, and re-evaluating gives the same scores in every metrics file (one architecture:
-    evaluation is the same code for all). The models/ARCH folders still change hash: their
-    history holds timings."""
-    before = _scores(project), _weights(project)
-    dvc = str(BIN / "dvc")
-    _run([dvc, "repro", "--force", "--single-item", *(f"train@{a}" for a in ARCHS)], project)
-    assert _weights(project) == before[1]
-    _run([dvc, "repro", "--force", "--single-item", "evaluate@segformer"], project)
-    assert _scores(project) == before[0]
-
-
-def _weights(project: Path) -> dict[str, bytes]:
-    return {arch: (project / "models" / arch / "model.safetensors").read_bytes() for arch in ARCHS}
 
 
 def _experiment(project: Path) -> str:
@@ -198,10 +271,7 @@ def test_an_experiment_lands_in_mlflow(project: Path) -> None:
     its train stage is the target: evaluating it is the same code the first test checks)."""
     from mlflow.tracking import MlflowClient
 
-    (project / ".gitignore").write_text("/mlruns/\n")
-    _run(["git", "add", "-A"], project)
-    _run(["git", "-c", "user.name=test", "-c", "user.email=test@example.org", "commit", "-qm",
-          "baseline"], project)  # fmt: skip
+    _commit(project, "baseline")
     size = yaml.safe_load((project / "params.yaml").read_text())["train"]["segformer"]["image_size"]
     other = size + 32  # another multiple of 32
     _run([str(BIN / "dvc"), "exp", "run", "-S", f"train.segformer.image_size={other}",

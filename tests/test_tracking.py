@@ -8,6 +8,7 @@ import base64
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from PIL import Image
 
 from heritageseg import cli
 from heritageseg.core.config import TrackingConfig, load_params
+from heritageseg.core.paths import METRICS_FILE
 from heritageseg.data.images import open_scan
 from heritageseg.infer.regions import RegionCounter
 from heritageseg.ops import registry, tracking
@@ -133,6 +135,32 @@ def test_the_report_is_logged_to_the_benchmarks_parent_run(tracked, tmp_path):
     assert parents == [tracked["parent_run_id"]]
     files = MlflowClient().list_artifacts(tracked["parent_run_id"], "report")
     assert [f.path for f in files] == ["report/benchmark.md"]
+
+
+def test_a_model_trained_against_another_store_is_logged_to_new_runs(tracked, tmp_path):
+    """A model pulled from a team's DVC remote names runs of its trainer's store: evaluate
+    and report log to new runs here, with a warning naming the file, not a traceback."""
+    model_dir = tmp_path / "models" / "segformer"
+    shutil.copytree(tracked["out"] / "models" / "segformer", model_dir)
+    saved = json.loads((model_dir / tracking.RUN_FILE).read_text())
+    elsewhere = {**saved, "run_id": "f" * 32, "parent_run_id": "e" * 32}
+    (model_dir / tracking.RUN_FILE).write_text(json.dumps(elsewhere))
+    metrics_dir = tracked["out"] / "metrics" / "segformer"
+    document = json.loads((metrics_dir / METRICS_FILE).read_text())
+    with pytest.warns(UserWarning, match=rf"{tracking.RUN_FILE} names MLflow run f+, which"):
+        run_id, benchmark = tracking.log_evaluation(
+            load_params(tracked["params"]), "segformer", model_dir, metrics_dir,
+            {METRICS_FILE: document}, tracked["data"] / "raw", tracked["params"],
+        )  # fmt: skip
+    run = MlflowClient().get_run(run_id)
+    assert run_id not in (saved["run_id"], elsewhere["run_id"]) and benchmark == BENCHMARK
+    assert run.data.metrics["test_miou"] == pytest.approx(document["miou"])
+    assert run.data.tags["mlflow.parentRunId"] == tracked["parent_run_id"]  # the benchmark's
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "benchmark.md").write_text("# benchmark\n")
+    with pytest.warns(UserWarning, match="names MLflow run e+, which"):
+        parents = tracking.log_report(CFG, tmp_path / "reports", tmp_path / "models")
+    assert parents == [tracked["parent_run_id"]]
 
 
 def _version_with_miou(source_version, miou: float):

@@ -344,9 +344,13 @@ def _ui(args: argparse.Namespace) -> None:
                "--backend-store-uri", uri]  # fmt: skip
     # MLflow's GenAI job runner (a pool of consumer processes) serves nothing of this project
     os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
-    print(f"MLflow UI on http://127.0.0.1:{args.port} over {uri} (Ctrl-C stops it); the "
-          f"benchmark: http://127.0.0.1:{args.port}/{tracking.experiment_page(experiment)}",
-          flush=True)  # fmt: skip
+    host = f"http://127.0.0.1:{args.port}"
+    benchmark = tracking.latest_benchmark(experiment)
+    if benchmark is not None:
+        print(f"the latest benchmark, one row an architecture: "
+              f"{host}/{tracking.comparison_view(experiment, benchmark)}")  # fmt: skip
+    print(f"MLflow UI on {host} over {uri} (Ctrl-C stops it); every run's metrics as charts: "
+          f"{host}/{tracking.experiment_page(experiment)}", flush=True)  # fmt: skip
     os.execv(sys.executable, command)  # the server replaces this process: one pid, Ctrl-C works
 
 

@@ -43,11 +43,14 @@ TAG_ROLE = "heritageseg.role"
 TAG_ARCH = "heritageseg.arch"
 TAG_STUDY = "heritageseg.study"
 TAG_FINGERPRINT = "heritageseg.fingerprint"
+TAG_SHOWN = "heritageseg.shown"  # "true" on the benchmark's last evaluated run of each arch
 PRODUCTION = "production"
 # Marks the experiment as model training for MLflow 3's UI (see experiment_page for the view)
 EXPERIMENT_KIND = "mlflow.experimentKind"
 KIND_TAG = {EXPERIMENT_KIND: "custom_model_development"}
 HEADLINE = ("miou", "miou_damage", "dice", "throughput_img_s")  # on the parent, per arch
+# An experiment tag holding a view of the runs list, as the UI's Share button writes it
+SHARED_VIEW = "mlflow.sharedViewState."
 
 
 class TrackingError(HeritagesegError):
@@ -84,11 +87,46 @@ def connect(cfg: TrackingConfig, create: bool = True) -> str:
     return _experiment_id(uri, cfg.experiment)
 
 
-def experiment_page(experiment_id: str) -> str:
-    """The UI's address (after the host) of the experiment's runs list. MLflow 3's UI picks
-    its GenAI or machine-learning view from a `workflowType` the browser remembers (GenAI by
-    default), not from the experiment's kind tag alone: the link asks for the ML view."""
-    return f"#/experiments/{experiment_id}/runs?workflowType=machine_learning&compareRunsMode=CHART"
+def experiment_page(experiment_id: str, view: str | None = None) -> str:
+    """The UI's address (after the host) of the experiment's runs: in a shared view (see
+    comparison_view) as a table, else as charts. MLflow 3's UI picks its GenAI or
+    machine-learning view from a `workflowType` the browser remembers (GenAI by default), not
+    from the experiment's kind tag alone: the link asks for the ML view."""
+    page = f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    if view is None:
+        return f"{page}&compareRunsMode=CHART"
+    return f"{page}&viewStateShareKey={view}&compareRunsMode=TABLE"
+
+
+def comparison_view(experiment_id: str, benchmark: str) -> str:
+    """The benchmark as a table, one row an architecture (its last evaluated run), best test
+    mIoU first, with its interval, damage mIoU, Dice and img/s at both resolutions: saved as
+    a shared view of the experiment (the parent run, collapsed, would hide the rows). The
+    page's address."""
+    from mlflow.tracking import MlflowClient
+
+    key = hashlib.sha256(benchmark.encode()).hexdigest()[:16]  # the UI's share keys are hex
+    columns = [f"metrics.`{prefix}_{name}`" for prefix in ("test", "test_native")
+               for name in ("miou", "miou_ci95_low", "miou_ci95_high", *HEADLINE[1:])]  # fmt: skip
+    state = {
+        "searchFilter": f"tags.`{TAG_BENCHMARK}` = '{benchmark}' and tags.`{TAG_SHOWN}` = 'true'",
+        "orderByKey": "metrics.`test_miou`",
+        "orderByAsc": False,
+        "selectedColumns": columns,
+    }
+    MlflowClient().set_experiment_tag(experiment_id, SHARED_VIEW + key, json.dumps(state))
+    return experiment_page(experiment_id, key)
+
+
+def latest_benchmark(experiment_id: str) -> str | None:
+    """The benchmark id of the experiment's newest benchmark parent run, or None."""
+    from mlflow.tracking import MlflowClient
+
+    found = MlflowClient().search_runs(
+        [experiment_id], f"tags.`{TAG_ROLE}` = 'benchmark'",
+        order_by=["attributes.start_time DESC"], max_results=1,
+    )  # fmt: skip
+    return found[0].data.tags[TAG_BENCHMARK] if found else None
 
 
 def _check_reachable(uri: str, create: bool) -> None:
@@ -246,6 +284,8 @@ def parent_run(experiment_id: str, benchmark: str, role: str = "benchmark",
         tags={tag: benchmark, TAG_ROLE: role, **run_tags(role, manifest)},
     )
     client.set_terminated(run.info.run_id)
+    if role == "benchmark":
+        comparison_view(experiment_id, benchmark)
     return run.info.run_id
 
 
@@ -436,16 +476,17 @@ def log_evaluation(
     experiment_id = connect(params.tracking)
     saved = read_run_file(model_dir)
     client = MlflowClient()
-    if saved is None:
+    if saved is not None and _in_store(client, saved["run_id"], model_dir):
+        run_id, benchmark, parent = saved["run_id"], saved["benchmark"], saved["parent_run_id"]
+    else:  # not tracked at training, or tracked in another store: a new child run
         manifest = raw / MANIFEST
-        benchmark = benchmark_id(params_file, manifest)
+        benchmark = saved["benchmark"] if saved else benchmark_id(params_file, manifest)
         parent = parent_run(experiment_id, benchmark)
         run_id = client.create_run(experiment_id, run_name=arch, tags={
             **run_tags("evaluate", manifest), "mlflow.parentRunId": parent,
             TAG_BENCHMARK: benchmark, TAG_ARCH: arch, TAG_ROLE: "arch"}).info.run_id  # fmt: skip
-    else:
-        run_id, benchmark, parent = saved["run_id"], saved["benchmark"], saved["parent_run_id"]
     client.set_tag(run_id, "evaluated", "true")
+    _show_only(client, experiment_id, benchmark, arch, run_id)
     log_params(run_id, flatten(params.evaluate, "evaluate"))
     for name, document in documents.items():
         prefix = metrics_prefix(name, document)
@@ -456,6 +497,41 @@ def log_evaluation(
             relative = path.parent.relative_to(metrics_dir)
             client.log_artifact(run_id, str(path), str(Path("evaluate") / relative))
     return run_id, benchmark
+
+
+def _show_only(client, experiment_id: str, benchmark: str, arch: str, run_id: str) -> None:
+    """Make RUN_ID the arch's row in the benchmark's table (comparison_view): a forced
+    rerun trains and evaluates into new runs of the same benchmark, and metrics/ARCH holds
+    the last evaluation's figures."""
+    shown = client.search_runs([experiment_id], (
+        f"tags.`{TAG_BENCHMARK}` = '{benchmark}' and tags.`{TAG_ARCH}` = '{arch}' "
+        f"and tags.`{TAG_SHOWN}` = 'true'"))  # fmt: skip
+    for run in shown:
+        if run.info.run_id != run_id:
+            client.set_tag(run.info.run_id, TAG_SHOWN, "false")
+    client.set_tag(run_id, TAG_SHOWN, "true")
+
+
+def _in_store(client, run_id: str, model_dir: Path) -> bool:
+    """Whether this store holds the run a model's mlflow.json names. A model pulled from a
+    team's DVC remote names a run in the store of whoever trained it: what is logged of it
+    here then goes to a new run rather than failing."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_run(run_id)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        warnings.warn(
+            f"{model_dir / RUN_FILE} names MLflow run {run_id}, which "
+            f"{mlflow.get_tracking_uri()} does not hold (the model was trained against another "
+            f"store, e.g. it came with `dvc pull`); logging to a new run here",
+            stacklevel=3,
+        )  # fmt: skip
+        return False
+    return True
 
 
 def _headline(arch: str, prefix: str, document: dict) -> dict[str, float]:
@@ -472,12 +548,20 @@ def log_report(cfg: TrackingConfig, folder: Path, models: Path) -> list[str]:
     benchmark the trained models belong to (models/*/mlflow.json); the parent run ids."""
     from mlflow.tracking import MlflowClient
 
-    connect(cfg)
-    parents = sorted({saved["parent_run_id"] for saved in map(read_run_file, models.iterdir())
-                      if saved is not None})  # fmt: skip
-    for parent in parents:
-        MlflowClient().log_artifacts(parent, str(folder), "report")
-    return parents
+    experiment_id = connect(cfg)
+    client = MlflowClient()
+    parents = set()
+    for model_dir in sorted(models.iterdir()):
+        saved = read_run_file(model_dir)
+        if saved is None:
+            continue
+        if _in_store(client, saved["parent_run_id"], model_dir):
+            parents.add(saved["parent_run_id"])
+        elif found := find_parent(experiment_id, saved["benchmark"]):  # made by evaluate here
+            parents.add(found)
+    for parent in sorted(parents):
+        client.log_artifacts(parent, str(folder), "report")
+    return sorted(parents)
 
 
 def log_benchmark_run(cfg: TrackingConfig, name: str, metrics: dict[str, float],
