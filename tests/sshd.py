@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .debian import require
+from .test_tracking import _free_port
 
 SBIN = os.pathsep.join(("/usr/sbin", "/usr/bin", os.environ.get("PATH", "")))
 
@@ -44,9 +45,7 @@ def ssh_server(folder: Path) -> Iterator[SshServer]:
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(folder / name)],
                        check=True, capture_output=True)  # fmt: skip
     shutil.copy(folder / "client_key.pub", folder / "authorized_keys")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = _free_port()
     (folder / "sshd_config").write_text(_config(folder, port))
     if os.geteuid() == 0:
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # its privilege-separation folder

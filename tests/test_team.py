@@ -23,7 +23,7 @@ from heritageseg.ops.server import ADMIN_PASSWORD_ENV
 
 from .conftest import BIN, ROOT, pipeline_copy
 from .debian import require
-from .test_tracking import _free_port, _log_concurrently
+from .test_tracking import _free_port, _log_concurrently, _wait_http
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 ADMIN = ("admin", "admin-pass-4-tests")
@@ -67,7 +67,7 @@ class TeamServer:
                 env={**_env(None, self.uri), ADMIN_PASSWORD_ENV: ADMIN[1]}, stdout=stream,
                 stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
-        _wait_health(self.uri, self.process, self.log)
+        _wait_http(f"{self.uri}/health", self.process, 180, self.log)
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)  # heritageseg stops mlflow, then the database
@@ -98,19 +98,6 @@ def team_server(tmp_path_factory):
     finally:
         server.stop()
         shutil.rmtree(folder.parent, ignore_errors=True)
-
-
-def _wait_health(uri: str, process: subprocess.Popen, log: Path, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"server exited:\n{log.read_text()[-3000:]}"
-        try:
-            if requests.get(f"{uri}/health", timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"{uri} did not answer in {timeout} s:\n{log.read_text()[-3000:]}")
 
 
 def _cli(user, uri: str, *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:

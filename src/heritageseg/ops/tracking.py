@@ -559,9 +559,10 @@ def log_report(cfg: TrackingConfig, folder: Path, models: Path) -> list[str]:
             parents.add(saved["parent_run_id"])
         elif found := find_parent(experiment_id, saved["benchmark"]):  # made by evaluate here
             parents.add(found)
-    for parent in sorted(parents):
+    parents = sorted(parents)
+    for parent in parents:
         client.log_artifacts(parent, str(folder), "report")
-    return sorted(parents)
+    return parents
 
 
 def log_benchmark_run(cfg: TrackingConfig, name: str, metrics: dict[str, float],
