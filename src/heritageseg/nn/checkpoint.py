@@ -24,12 +24,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from heritageseg.core.config import ModelConfig, from_mapping
 from heritageseg.core.errors import HeritagesegError
 from heritageseg.core.fileio import atomic_dir, share, write_json
 from heritageseg.core.paths import CONFIG, RESUME, WEIGHTS
 from heritageseg.core.readers import BrokenFile, read_json, require, require_file
-from heritageseg.core.rebuild import rebuild_hint
+from heritageseg.core.trained import TrainedConfig, model_hint, read_trained_config
 from heritageseg.nn.models import build_model
 
 _STATE_TENSORS = "state.safetensors"
@@ -48,39 +47,15 @@ def save_weights(model: torch.nn.Module, folder: Path, config: dict) -> None:
 
 
 @dataclass(frozen=True)
-class Trained:
-    """A trained model as saved by `train`: the network (eval mode) and the typed settings
-    it was trained with; `config` is the whole config.json, for logging as it is."""
+class Trained(TrainedConfig):
+    """A trained model as saved by `train`: its typed settings and the network (eval mode)."""
 
     network: torch.nn.Module
-    model: ModelConfig
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    classes: tuple[str, ...]
-    config: dict
 
 
 def load_trained(folder: Path) -> Trained:
     """The one loader of a trained `models/ARCH` folder (evaluate, export, bench, loco)."""
     return load_checkpoint(folder / CONFIG, folder / WEIGHTS)
-
-
-_CONFIG_KEYS = ("model", "normalization", "classes")
-
-
-def read_config(config_file: Path) -> dict:
-    """A trained model's config.json, with the sections the loader needs."""
-    config_file = Path(config_file)
-    return read_json(config_file, _model_hint(config_file), _CONFIG_KEYS)
-
-
-def read_model_config(config_file: Path) -> ModelConfig:
-    """The typed `model` section of a config.json, without building anything."""
-    return _typed_model(read_config(config_file), config_file)
-
-
-def _typed_model(config: dict, config_file: Path) -> ModelConfig:
-    return from_mapping(ModelConfig, config["model"], where=str(config_file), prefix="model.")
 
 
 def read_tensors(path: Path, rebuild: str) -> dict[str, torch.Tensor]:
@@ -100,26 +75,16 @@ def load_checkpoint(config_file: Path, weights_file: Path) -> Trained:
     file holds every weight, so nothing is fetched (an offline cluster node evaluates).
     """
     config_file, weights_file = Path(config_file), Path(weights_file)
-    config = read_config(config_file)
-    model = _typed_model(config, config_file)
-    tensors = read_tensors(weights_file, _model_hint(weights_file))
-    network = build_model(dataclasses.replace(model, encoder_weights=None))
+    settings = read_trained_config(config_file)
+    tensors = read_tensors(weights_file, model_hint(weights_file))
+    network = build_model(dataclasses.replace(settings.model, encoder_weights=None))
     try:
         network.load_state_dict(tensors)
     except RuntimeError as error:
         problem = f"does not hold the weights of the model in {config_file.name}"
         detail = str(error).splitlines()[0]
-        raise BrokenFile(weights_file, f"{problem} ({detail})", _model_hint(weights_file)) from None
-    norm = config["normalization"]
-    return Trained(
-        network=network.eval(), model=model, mean=tuple(norm["mean"]), std=tuple(norm["std"]),
-        classes=tuple(config["classes"]), config=config,
-    )  # fmt: skip
-
-
-def _model_hint(path: Path) -> str:
-    """How to rebuild a file of models/ARCH (the folder's name is the architecture)."""
-    return rebuild_hint("model", Path(path).parent.name)
+        raise BrokenFile(weights_file, f"{problem} ({detail})", model_hint(weights_file)) from None
+    return Trained(**vars(settings), network=network.eval())
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

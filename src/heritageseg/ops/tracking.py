@@ -35,6 +35,7 @@ from heritageseg.core.fileio import sha256_file, write_json
 from heritageseg.core.paths import CONFIG, HISTORY, MANIFEST, METRICS_FILE, RUN_FILE, TRAIN_METRICS
 from heritageseg.core.readers import read_json
 from heritageseg.core.rebuild import rebuild_hint
+from heritageseg.core.trained import read_config
 
 DEFAULT_URI = "sqlite:///mlruns/mlflow.db"
 BENCHMARK_ENV = "HERITAGESEG_BENCHMARK"
@@ -413,8 +414,6 @@ def _finish_training(tracker: RunTracker, model_dir: Path, summary: dict) -> Non
     client = MlflowClient()
     if not tracker.flush():
         raise TrackingError(f"{len(tracker.pending)} epoch metrics left unsent")
-    from heritageseg.nn.checkpoint import read_config  # torch: only once training is done
-
     config = read_config(model_dir / CONFIG)
     resolved = {k: v for k, v in flatten(config, "config").items() if not k.startswith(
         ("config.train.", "config.augment.", "config.model."))}  # fmt: skip

@@ -19,7 +19,7 @@ from heritageseg.core.readers import (
     require_file,
 )
 from heritageseg.core.rebuild import rebuild_hint
-from heritageseg.nn.checkpoint import read_model_config
+from heritageseg.core.trained import read_model_config
 from heritageseg.nn.models import family
 
 TRAIN_METRICS_KEYS = (
