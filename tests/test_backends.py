@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import typing
 from pathlib import Path
 
@@ -15,24 +17,28 @@ from heritageseg.bench.infer import loggable
 from heritageseg.cli import main
 from heritageseg.core.classes import CLASS_NAMES
 from heritageseg.core.config import Backend, ModelConfig, PredictConfig
+from heritageseg.core.paths import CONFIG, ONNX_GRAPH, WEIGHTS
+from heritageseg.infer import backends
 from heritageseg.infer.backends import (
     BACKENDS,
     CALIBRATED,
     CPU_FALLBACK,
     CUDA_DEFAULT,
     DEFAULT_PREDICT_BACKEND,
-    GRAPH_BACKEND,
-    INT8_GRAPH,
+    GRAPH_FILES,
     BackendError,
     agreement,
     available_backends,
     build_predictor,
     check_backend,
+    current_graph,
     default_backend,
     export_onnx_bytes,
     export_trained_onnx,
-    exported_int8_graph,
+    graph_weights_sha256,
     onnx_predictor,
+    serving_graphs,
+    weights_sha256,
 )
 from heritageseg.nn.checkpoint import save_weights
 from heritageseg.nn.engine import _cpu_has_bf16
@@ -46,12 +52,13 @@ def _model(encoder: str = "tu-convnext_atto", head: str = "fine") -> torch.nn.Mo
     return build_model(ModelConfig(encoder=encoder, image_size=SIZE, head=head)).eval()
 
 
-def _batch(count: int = 2, size: int = SIZE) -> torch.Tensor:
-    return torch.randn(count, 3, size, size, generator=torch.Generator().manual_seed(1))
+def _batch(count: int = 2, size: int = SIZE) -> np.ndarray:
+    """A normalised batch as every Predict takes it: a float32 host array."""
+    return torch.randn(count, 3, size, size, generator=torch.Generator().manual_seed(1)).numpy()
 
 
-def _relative_error(reference: torch.Tensor, other: torch.Tensor) -> float:
-    return float((reference - other).norm() / reference.norm())
+def _relative_error(reference: np.ndarray, other: np.ndarray) -> float:
+    return float(np.linalg.norm(reference - other) / np.linalg.norm(reference))
 
 
 @pytest.mark.parametrize("encoder", ["tu-convnext_atto", "mit_b0"])
@@ -77,7 +84,8 @@ def test_int8_keeps_logits_close_to_eager():
     model = _model()
     batch = _batch(4)
     reference = build_predictor(model, "eager")(batch)
-    int8 = build_predictor(model, "int8", example_size=SIZE, calibration=batch)(batch)
+    calibration = torch.from_numpy(batch)
+    int8 = build_predictor(model, "int8", example_size=SIZE, calibration=calibration)(batch)
     assert _relative_error(reference, int8) < 0.25
     assert agreement(reference, int8) > 0.8
 
@@ -88,7 +96,7 @@ def test_bf16_agrees_with_eager_and_returns_fp32():
     batch = _batch()
     reference = build_predictor(model, "eager")(batch)
     out = build_predictor(model, "bf16")(batch)
-    assert out.dtype == torch.float32 and out.shape == reference.shape
+    assert out.dtype == np.float32 and out.shape == reference.shape
     assert _relative_error(reference, out) < 0.05
     assert agreement(reference, out) > 0.95
 
@@ -119,12 +127,12 @@ def test_inductor_int8_agrees_with_eager_for_any_batch_and_refuses_other_sizes()
     ).eval()  # fmt: skip
     calibration, batch = _batch(8), _batch(5)
     reference = build_predictor(model, "eager")(batch)
-    predict = build_predictor(model, "int8-inductor", calibration=calibration)
+    predict = build_predictor(model, "int8-inductor", calibration=torch.from_numpy(calibration))
     out = predict(batch)
-    assert out.shape == reference.shape and out.dtype == torch.float32
+    assert out.shape == reference.shape and out.dtype == np.float32
     assert _relative_error(reference, out) < 0.1
     assert agreement(reference, out) > 0.9
-    assert torch.equal(predict(batch[:1]), out[:1])  # padding changes nothing
+    assert np.array_equal(predict(batch[:1]), out[:1])  # padding changes nothing
     with pytest.raises(BackendError, match="compiled for 64x64 inputs, got 96x96"):
         predict(_batch(1, size=96))
 
@@ -207,7 +215,7 @@ def test_evaluation_predictor_without_a_backend_is_eager_at_the_training_precisi
     as_trained = evaluation_predictor(
         trained.network, None, torch.device("cpu"), "fp32", trained, tmp_path
     )
-    assert torch.equal(as_trained(batch), reference)
+    assert np.array_equal(as_trained(batch), reference)
 
 
 def _config(size: int) -> dict:
@@ -218,55 +226,104 @@ def _config(size: int) -> dict:
     }
 
 
-def test_a_model_registered_with_its_int8_graph_predicts_with_it(tmp_path: Path, tiny_cache: Path):
-    """export onnx --int8, then the pyfunc logged into the sqlite store and loaded back: its
-    default backend is that graph (onnxruntime), close to eager on most pixels."""
+def test_registration_exports_both_graphs_and_the_model_maps_with_int8_without_torch(
+    tmp_path: Path, tiny_cache: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Nothing exported beforehand: logging the model exports exact onnx and int8 (calibrated
+    on the cache's train images) from its weights. Loaded in a fresh process, it maps with
+    int8 by default and never imports torch; eager PyTorch agrees on most pixels."""
     from heritageseg.stages.predict import write_damage_maps
 
+    monkeypatch.setattr(backends, "MIN_INT8_AGREEMENT", 0.0)  # an untrained net's labels tie
     folder = tmp_path / "convnext"
     save_weights(_model(), folder, _config(32))
-    argv = ["export", "onnx", "--arch", "convnext", "--models", str(tmp_path), "--int8"]
-    assert main([*argv, "--cache", str(tiny_cache)]) == 0
-    graph = folder / INT8_GRAPH
-    assert b"QuantizeLinear" in graph.read_bytes()
-    assert exported_int8_graph(folder) == graph
-    uri = _logged(folder)
+    uri = _logged(folder, tiny_cache)
+    segmenter = _segmenter(uri)
+    assert sorted(segmenter.graphs) == ["int8", "onnx"] and segmenter.backend == "int8"
+    assert b"QuantizeLinear" in segmenter.graphs["int8"].read_bytes()
     image = _picture(tmp_path / "wall.png", 70, 90)
-    (int8,), _ = write_damage_maps([image], uri, tmp_path / "int8")
+    code = (
+        "import sys; from pathlib import Path; "
+        "from heritageseg.stages.predict import write_damage_maps; "
+        f"(report,), _ = write_damage_maps([Path({str(image)!r})], {uri!r}, "
+        f"Path({str(tmp_path / 'int8')!r})); print(report['backend'], 'torch' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300
+    )  # the session's store: MLFLOW_TRACKING_URI is in the environment
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split()[-2:] == ["int8", "False"], done.stdout
     (eager,), _ = write_damage_maps([image], uri, tmp_path / "eager", backend="eager")
-    assert (int8["backend"], eager["backend"]) == ("int8", "eager")
+    assert eager["backend"] == "eager"
     same = _mask(tmp_path / "int8" / "wall.png") == _mask(tmp_path / "eager" / "wall.png")
     assert same.shape == (70, 90) and same.mean() > 0.8
 
 
-def test_without_an_int8_graph_the_served_default_is_exact_onnx(tmp_path: Path):
+def test_without_calibration_images_the_served_default_is_exact_onnx(tmp_path: Path):
     from heritageseg.stages.predict import write_damage_maps
 
     folder = tmp_path / "convnext"
     save_weights(_model(), folder, _config(SIZE))
     uri = _logged(folder)
+    assert sorted(_segmenter(uri).graphs) == ["onnx"]
     image = _picture(tmp_path / "wall.png", 50, 70)
     (report,), _ = write_damage_maps([image], uri, tmp_path / "maps")
     assert report["backend"] == CPU_FALLBACK == "onnx"
-    with pytest.raises(BackendError, match="export onnx --arch convnext --int8` before `heritage"):
+    with pytest.raises(BackendError, match=r"registered without its int8 graph .*choose one of"):
         write_damage_maps([image], uri, tmp_path / "int8", backend="int8")
 
 
-def test_an_int8_graph_of_other_weights_is_left_out_with_a_warning(tmp_path: Path):
-    """`train` keeps models/ARCH (dvc persist): a graph exported before retraining is stale.
-    An exact graph stands in for the int8 one here: only its stamp is read."""
-    model = _model()
-    save_weights(model, tmp_path, _config(SIZE))
-    export_trained_onnx(tmp_path, tmp_path / INT8_GRAPH, int8=False, cache=tmp_path)
-    assert exported_int8_graph(tmp_path) == tmp_path / INT8_GRAPH
+def test_an_int8_graph_that_labels_unlike_exact_onnx_is_not_served(
+    tmp_path: Path, tiny_cache: Path, monkeypatch: pytest.MonkeyPatch
+):
+    save_weights(_model(), tmp_path / "convnext", _config(32))
+    monkeypatch.setattr(backends, "MIN_INT8_AGREEMENT", 1.01)  # no int8 graph can reach it
+    with pytest.warns(UserWarning, match=r"labels only .* % of the validation pixels as exact"):
+        graphs, checks = serving_graphs(tmp_path / "convnext", tiny_cache, tmp_path)
+    assert sorted(graphs) == ["onnx"] and 0.0 <= checks["int8_agreement"] <= 1.0
+
+
+def test_a_graph_of_other_weights_is_exported_afresh_for_the_served_model(tmp_path: Path):
+    """`train` keeps models/ARCH (dvc persist): a graph exported before retraining is stale."""
+    model, folder = _model(), tmp_path / "convnext"
+    save_weights(model, folder, _config(SIZE))
+    export_trained_onnx(folder, folder / ONNX_GRAPH, int8=False, cache=tmp_path)
+    assert current_graph(folder, "onnx") == folder / ONNX_GRAPH
+    assert serving_graphs(folder, None, tmp_path)[0] == {"onnx": folder / ONNX_GRAPH}
     with torch.no_grad():
         next(model.parameters()).add_(1.0)
-    save_weights(model, tmp_path, _config(SIZE))  # retrained
-    with pytest.warns(UserWarning, match="not exported from .* current model.safetensors"):
-        assert exported_int8_graph(tmp_path) is None
+    save_weights(model, folder, _config(SIZE))  # retrained
+    assert current_graph(folder, "onnx") is None
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    assert serving_graphs(folder, None, fresh)[0] == {"onnx": fresh / ONNX_GRAPH}
+    assert graph_weights_sha256(fresh / ONNX_GRAPH) == weights_sha256(folder)
 
 
-def _logged(folder: Path) -> str:
+def test_a_model_the_exporter_cannot_take_is_served_by_pytorch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Registered without graphs (as models were before graphs were carried): the default
+    then exports exact onnx from the weights when the model loads."""
+    from heritageseg.infer.serving import Segmenter
+
+    folder = tmp_path / "convnext"
+    save_weights(_model(), folder, _config(SIZE))
+
+    def unsupported(*args):
+        raise RuntimeError("Exporting the operator 'aten::magic' is not supported")
+
+    monkeypatch.setattr(backends, "export_onnx_bytes", unsupported)
+    with pytest.warns(UserWarning, match="no onnx graph for the served model .*aten::magic"):
+        assert serving_graphs(folder, None, tmp_path) == ({}, {})
+    monkeypatch.undo()
+    segmenter = Segmenter(folder / WEIGHTS, folder / CONFIG, PredictConfig(tile=32))
+    assert segmenter.backend == CPU_FALLBACK
+    labels = segmenter.labels(np.zeros((40, 50, 3), np.uint8))
+    assert labels.shape == (40, 50) and labels.max() < 16
+
+
+def _logged(folder: Path, cache: Path | None = None) -> str:
     """`folder` logged as the pyfunc model into a new run of the test's sqlite store."""
     import mlflow
 
@@ -274,8 +331,15 @@ def _logged(folder: Path) -> str:
 
     with mlflow.start_run() as run:
         pass
-    log_model(run.info.run_id, folder.name, folder, PredictConfig(tile=32), register=False)
+    predict = PredictConfig(tile=32)
+    log_model(run.info.run_id, folder.name, folder, predict, register=False, cache=cache)
     return f"runs:/{run.info.run_id}/model"
+
+
+def _segmenter(uri: str):
+    import mlflow.pyfunc
+
+    return mlflow.pyfunc.load_model(uri).unwrap_python_model().segmenter
 
 
 def _picture(path: Path, height: int, width: int) -> Path:
@@ -291,7 +355,7 @@ def _mask(path: Path) -> np.ndarray:
 def test_the_backend_literal_of_params_names_the_tables_backends():
     """core.config cannot import infer (layering), so it spells the names out once more."""
     assert typing.get_args(Backend) == tuple(BACKENDS)
-    named = {DEFAULT_PREDICT_BACKEND, CPU_FALLBACK, CUDA_DEFAULT, GRAPH_BACKEND, *CALIBRATED}
+    named = {DEFAULT_PREDICT_BACKEND, CPU_FALLBACK, CUDA_DEFAULT, *GRAPH_FILES, *CALIBRATED}
     assert named <= set(BACKENDS)
 
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from heritageseg.infer.window import blend_window, model_predictor, sliding_window_predict
+from heritageseg.infer.backends import model_predictor
+from heritageseg.infer.window import blend_window, first_argmax, sliding_window_predict
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -27,7 +28,27 @@ def test_blend_window_ramps_at_the_edges_and_is_never_zero():
     assert window.shape == (8, 8)
     assert window.min() > 0 and window[4, 4] == 1.0
     assert window[0, 4] < window[1, 4] < window[2, 4] < window[3, 4] == 1.0
-    assert torch.equal(blend_window(8, 0), torch.ones(8, 8))
+    assert np.array_equal(blend_window(8, 0), np.ones((8, 8)))
+    assert blend_window(8, 3).dtype == np.float32
+
+
+def test_the_window_ramp_is_within_an_ulp_of_torchs_linspace():
+    """The ramp was torch.linspace's; it is now (i + 1) / (overlap + 1) rounded once, which
+    does not depend on the CPU's vector width as torch's does."""
+    for overlap in (8, 21, 32, 85):
+        torch_ramp = torch.linspace(1.0 / (overlap + 1), 1.0, overlap + 1)[:-1].numpy()
+        ramp = blend_window(2 * overlap + 2, overlap)[overlap + 1, :overlap]
+        ulps = np.abs(torch_ramp.view(np.int32) - ramp.view(np.int32))
+        assert ulps.max() <= 1, overlap
+
+
+def test_first_argmax_is_argmax_ties_included():
+    scores = np.random.default_rng(0).normal(size=(7, 33, 41)).astype(np.float32)
+    scores[3, :5] = scores[5, :5] = 9.0  # ties: the lower class wins
+    labels = first_argmax(scores)
+    assert labels.dtype == np.uint8
+    np.testing.assert_array_equal(labels, np.argmax(scores, axis=0))
+    assert (labels[:5] == 3).all()
 
 
 @pytest.mark.parametrize(("height", "width"), [(64, 64), (100, 37), (203, 311)])
@@ -61,10 +82,10 @@ def test_overlapping_tiles_blend_logits_not_votes():
     """A model whose logits depend on the tile position: blending must average them."""
     calls = []
 
-    def predict(batch: torch.Tensor) -> torch.Tensor:
+    def predict(batch: np.ndarray) -> np.ndarray:
         calls.append(len(batch))
-        logits = torch.zeros(len(batch), 2, 32, 32)
-        logits[:, 1] = torch.linspace(-1, 1, 32)[None, None, :]  # left says 0, right says 1
+        logits = np.zeros((len(batch), 2, 32, 32), np.float32)
+        logits[:, 1] = np.linspace(-1, 1, 32)[None, None, :]  # left says 0, right says 1
         return logits
 
     labels = sliding_window_predict(
@@ -85,23 +106,29 @@ def _whole_image_blend(predict, image, tile, overlap, classes):
     padded[:height, :width] = image
     logits = torch.zeros(classes, *padded.shape[:2])
     weights = torch.zeros(padded.shape[:2])
-    window = blend_window(tile, overlap)
+    window = torch.from_numpy(blend_window(tile, overlap))
     for y in tile_starts(padded.shape[0], tile, overlap):
         for x in tile_starts(padded.shape[1], tile, overlap):
             crop = torch.from_numpy(padded[y : y + tile, x : x + tile]).permute(2, 0, 1).float()
             crop = (crop - torch.tensor(MEAN).view(3, 1, 1) * 255) / (
                 torch.tensor(STD).view(3, 1, 1) * 255
             )
-            logits[:, y : y + tile, x : x + tile] += predict(crop[None])[0] * window
+            out = torch.from_numpy(predict(crop[None].numpy()))
+            logits[:, y : y + tile, x : x + tile] += out[0] * window
             weights[y : y + tile, x : x + tile] += window
     return (logits / weights).argmax(0).to(torch.uint8).numpy()[:height, :width]
 
 
 @pytest.mark.parametrize(
-    ("height", "width", "tile", "overlap", "batch"),
-    [(203, 311, 64, 16, 3), (64, 200, 64, 8, 1), (150, 90, 48, 24, 8), (30, 40, 64, 8, 4)],
-)
-def test_the_band_and_column_sweep_equals_whole_image_blending(height, width, tile, overlap, batch):
+    ("height", "width", "tile", "overlap", "batch", "in_flight"),
+    [(203, 311, 64, 16, 3, 1), (64, 200, 64, 8, 1, 1), (150, 90, 48, 24, 8, 1),
+     (30, 40, 64, 8, 4, 1), (203, 311, 64, 16, 3, 3), (150, 90, 48, 24, 2, 2),
+     (120, 100, 48, 40, 1, 1), (121, 200, 48, 40, 3, 2), (97, 70, 48, 16, 2, 1)],
+)  # fmt: skip
+def test_the_band_and_column_sweep_equals_whole_image_blending(
+    height, width, tile, overlap, batch, in_flight
+):
+    """Batches predicted side by side (`in_flight`) are still blended in order."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(
         torch.nn.Conv2d(3, 8, 5, padding=2), torch.nn.ReLU(), torch.nn.Conv2d(8, 7, 5, padding=2)
@@ -111,18 +138,18 @@ def test_the_band_and_column_sweep_equals_whole_image_blending(height, width, ti
     expected = _whole_image_blend(predict, image, tile, overlap, 7)
     swept = sliding_window_predict(
         predict, image, tile=tile, overlap=overlap, num_classes=7, mean=MEAN, std=STD,
-        batch_size=batch,
+        batch_size=batch, in_flight=in_flight,
     )  # fmt: skip
     np.testing.assert_array_equal(swept, expected)
 
 
 def test_tied_logits_take_the_first_class_as_argmax_does():
-    """The sweep's labels come from max(0).indices: ties must still go to the lower class."""
-    tied = torch.zeros(5, 32, 32)
+    """The sweep's labels come from first_argmax: ties must still go to the lower class."""
+    tied = np.zeros((5, 32, 32), np.float32)
     tied[2:] = 1.0  # classes 2, 3 and 4 tie for the maximum everywhere
 
-    def predict(batch: torch.Tensor) -> torch.Tensor:
-        return tied.expand(len(batch), -1, -1, -1).clone()
+    def predict(batch: np.ndarray) -> np.ndarray:
+        return np.repeat(tied[None], len(batch), axis=0)
 
     labels = sliding_window_predict(
         predict, _image(50, 70), tile=32, overlap=8, num_classes=5, mean=MEAN, std=STD
@@ -155,7 +182,8 @@ def test_rows_are_asked_for_one_band_at_a_time_top_to_bottom():
             on_tiles=counted.append,
         )
     )
-    assert all(bottom - top <= 64 for top, bottom in asked)
+    assert all(bottom - top <= 64 for top, bottom in asked[:-1])  # a band of tiles
+    assert asked[-1] == (asked[-2][0] + 56, 300)  # the last two tile rows: one band
     assert [t for t, _ in asked] == sorted(t for t, _ in asked)
     assert sum(len(b) for _, b in bands) == 300 and bands[0][0] == 0
     assert sum(counted) == tile_count(300, 130, 64, 8)

@@ -261,6 +261,11 @@ def _set_production(version: str = "1") -> None:
 @pytest.mark.slow
 def test_production_model_predicts_damage_maps_in_a_fresh_process(tracked, store, tmp_path):
     _set_production()
+    served = mlflow.pyfunc.load_model(f"models:/{NAME}@production").unwrap_python_model().segmenter
+    # evaluate registered it with its graphs: int8 where it labels as exact onnx does
+    assert "onnx" in served.graphs and served.backend == (
+        "int8" if "int8" in served.graphs else "onnx"
+    )
     images = [_image(tmp_path / "wide.png", 70, 130), _image(tmp_path / "small.jpg", 33, 41)]
     predict = [str(BIN / "heritageseg"), "--params", str(ROOT / "params.yaml"), "predict",
                "--model", f"models:/{NAME}@production"]  # fmt: skip
@@ -285,7 +290,7 @@ def test_production_model_predicts_damage_maps_in_a_fresh_process(tracked, store
         counter.finish()
         scan = open_scan(image, max_pixels=10**9, name=str(image), option="x")
         expected = damage_report(counter, scan, NAME, "1")
-        assert report == {**expected, "backend": "onnx", "window": report["window"]}
+        assert report == {**expected, "backend": served.backend, "window": report["window"]}
         assert report["window"] == {"tile": 64, "overlap": 21}  # the training size, 1/3 overlap
     assert "damage maps" in done.stderr and "tile/s" in done.stderr  # over images, over tiles
     eager = subprocess.run(
@@ -298,7 +303,9 @@ def test_production_model_predicts_damage_maps_in_a_fresh_process(tracked, store
     same = np.asarray(Image.open(tmp_path / "eager" / "wide.png")) == np.asarray(
         Image.open(tmp_path / "maps" / "wide.png")
     )
-    assert same.mean() > 0.99  # onnxruntime and eager PyTorch agree to ~1e-6 in the logits
+    # exact onnx agrees with eager PyTorch to ~1e-6 in the logits; int8 was checked on the
+    # validation images at registration, not on noise like this
+    assert same.mean() > (0.99 if served.backend == "onnx" else 0.8)
     folder = tmp_path / "scans"
     folder.mkdir()
     grey = np.random.default_rng(3).integers(0, 256, (30, 40), dtype=np.uint8)

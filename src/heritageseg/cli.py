@@ -526,8 +526,9 @@ def _track_evaluation(args: argparse.Namespace, params, arch: str, documents: di
         Path(args.params),
     )  # fmt: skip
     version = registry.register_evaluation(
-        params.tracking, run_id, arch, model_dir, documents, benchmark, params.predict
-    )
+        params.tracking, run_id, arch, model_dir, documents, benchmark, params.predict,
+        Path(args.cache),
+    )  # fmt: skip
     where = f"; registered {tracking.model_name(arch)} v{version}" if version else ""
     print(f"logged to MLflow run {run_id} ({tracking.tracking_uri(params.tracking)}){where}")
 

@@ -16,12 +16,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from heritageseg.core.config import ModelConfig, Params
 from heritageseg.core.errors import HeritagesegError
 from heritageseg.core.fileio import atomic_write_text, write_json
 from heritageseg.core.paths import CONFIG
+from heritageseg.core.trained import read_model_config
 from heritageseg.data.cache import CacheDataset
 from heritageseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from heritageseg.infer.backends import (
@@ -30,7 +32,7 @@ from heritageseg.infer.backends import (
     calibration_images,
     check_backend,
 )
-from heritageseg.nn.checkpoint import load_trained, read_model_config
+from heritageseg.nn.checkpoint import load_trained
 from heritageseg.nn.metrics import confusion, scores
 from heritageseg.nn.models import build_model
 
@@ -115,13 +117,13 @@ class _PeakRss:
         return self.peak / 2**20
 
 
-def _run(predict, images: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, float]:
+def _run(predict, images: np.ndarray, batch_size: int) -> tuple[torch.Tensor, float]:
     """Labels of all images and the seconds it took."""
     start = time.perf_counter()
     parts = [
         predict(images[i : i + batch_size]).argmax(1) for i in range(0, len(images), batch_size)
     ]
-    return torch.cat(parts).to(torch.uint8), time.perf_counter() - start
+    return torch.from_numpy(np.concatenate(parts)).to(torch.uint8), time.perf_counter() - start
 
 
 def _miou(labels: torch.Tensor, masks: torch.Tensor) -> float:
@@ -135,6 +137,7 @@ def bench_arch_size(
     """One row per backend for `arch` at `size`; eager first, ratios within each round."""
     chosen = bench_model(params, arch, size, models)
     x, masks = cached_test_images(cache, size, chosen.mean, chosen.std, images)
+    x = x.numpy()  # a Predict's batch is a host array
     calibration = None  # train images, never the test images being scored
     if any(b in CALIBRATED for b in backends):
         calibration = calibration_images(cache, size, chosen.mean, chosen.std)

@@ -4,10 +4,11 @@ Format (the same in Python and over REST, `/invocations`): the input is a DataFr
 column `image` of base64-encoded PNG or JPEG files; the output is a DataFrame with `mask`
 (base64 PNG, mode L, the input's size, values = class ids 0..15), `height` and `width`.
 The model carries its weights (`model.safetensors`), its `config.json` (architecture,
-normalisation, tile), the heritageseg code and, when `export onnx --int8` made one of those
-weights, the int8 graph (`model.int8.onnx`: its default backend on a CPU). It does its own
-normalisation and sliding-window prediction, so it loads and predicts offline in a fresh
-process. It is saved as "models from code" (this file's `set_model`), so loading it
+normalisation, tile), the heritageseg code and the graphs exported from those weights at
+registration (`model.onnx`, and `model.int8.onnx` where int8 labels as exact onnx does: its
+default backend on a CPU). It does its own normalisation and sliding-window prediction, so
+it loads and predicts offline in a fresh process; on a CPU, from its graphs, without
+importing torch. It is saved as "models from code" (this file's `set_model`), so loading it
 unpickles nothing.
 """
 
@@ -22,21 +23,21 @@ from pathlib import Path
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
-import torch
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from PIL import Image
 
 from heritageseg.core.config import MAX_PIXELS_OPTION, PREDICT_DEFAULTS, PredictConfig
+from heritageseg.core.trained import read_trained_config
 from heritageseg.data.images import ImageError, read_rgb
+from heritageseg.infer.backends import GRAPH_FILES, backend_spec, serving_predictor
 from heritageseg.infer.window import RowSource, predict_bands, sliding_window_predict, tile_count
-from heritageseg.nn.checkpoint import load_checkpoint
-from heritageseg.nn.models import fixed_input_size
 
 IMAGE_COLUMN = "image"
 MAX_PIXELS = PREDICT_DEFAULTS.max_pixels  # for models registered before the limit was logged
 SERVING_LIMIT_OPTION = f"{MAX_PIXELS_OPTION}, logged with the model at registration"
 OUTPUT_COLUMNS = ("mask", "height", "width")
+GRAPH_ARTIFACTS = {backend: f"{backend}_graph" for backend in GRAPH_FILES}  # pyfunc artifacts
 
 
 def encode_image(image: np.ndarray | Image.Image, fmt: str = "PNG") -> str:
@@ -79,8 +80,9 @@ def serving_window(serving: dict) -> PredictConfig:
 
 
 class Segmenter:
-    """The network rebuilt from a model folder (config.json + model.safetensors), with the
-    int8 graph `export onnx --int8` wrote for it when the model was registered with one."""
+    """A trained model (config.json + model.safetensors) with the graphs exported from it,
+    by backend (`GRAPH_FILES`). Nothing heavier than its settings is loaded until a backend
+    is chosen, and a backend that runs a graph never builds the network."""
 
     def __init__(
         self,
@@ -88,14 +90,14 @@ class Segmenter:
         config: Path,
         window: PredictConfig = PREDICT_DEFAULTS,
         backend: str | None = None,
-        int8_graph: Path | None = None,
+        graphs: dict[str, Path] | None = None,
         arch: str = "ARCH",
+        fixed_input_size: bool | None = None,
     ):
-        self.trained = load_checkpoint(Path(config), Path(weights))
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = self.trained.network.to(self.device)
-        self.int8_graph = None if int8_graph is None else Path(int8_graph)
-        self.arch = arch
+        self.weights, self.config = Path(weights), Path(config)
+        self.trained = read_trained_config(self.config)
+        self.graphs = {name: Path(graph) for name, graph in (graphs or {}).items()}
+        self.arch, self.fixed_input_size = arch, fixed_input_size
         self.use_window(window)
         self.use_backend(backend)
 
@@ -103,19 +105,25 @@ class Segmenter:
         """Tile side, overlap and batch of the sliding window (`predict` in params.yaml); an
         encoder built for one input size keeps its training size."""
         model = self.trained.model
-        fixed = window.tile is None or fixed_input_size(model.encoder)
+        fixed = window.tile is None or self._fixed_input_size()
         self.tile = model.image_size if fixed else window.tile
         self.overlap = min(round(self.tile * window.overlap), self.tile - 1)
         self.batch_size = window.batch_size
 
+    def _fixed_input_size(self) -> bool:
+        if self.fixed_input_size is None:  # registered before serving.json said: ask timm
+            from heritageseg.nn.models import fixed_input_size
+
+            self.fixed_input_size = fixed_input_size(self.trained.model.encoder)
+        return self.fixed_input_size
+
     def use_backend(self, backend: str | None) -> None:
         """The inference backend (heritageseg.infer.backends); None: predict's default, int8
         when this model carries its int8 graph, else exact onnx on a CPU."""
-        from heritageseg.infer.backends import serving_predictor
-
         self.backend, self.predict = serving_predictor(
-            self.model, backend, self.device, self.tile, self.int8_graph, self.arch
+            self.config, self.weights, backend, self.tile, self.graphs, self.arch
         )
+        self.in_flight = backend_spec(self.backend).in_flight
 
     def labels(self, image: np.ndarray) -> np.ndarray:
         """Labels of an image held in memory."""
@@ -131,19 +139,22 @@ class Segmenter:
     def _window(self) -> dict:
         trained, window = self.trained, {"tile": self.tile, "overlap": self.overlap}
         return {**window, "num_classes": len(trained.classes), "mean": trained.mean,
-                "std": trained.std, "batch_size": self.batch_size}  # fmt: skip
+                "std": trained.std, "batch_size": self.batch_size,
+                "in_flight": self.in_flight}  # fmt: skip
 
 
 class SegmentationModel(mlflow.pyfunc.PythonModel):
-    """pyfunc wrapper of `Segmenter` (artifacts `weights`, `config`, `serving` and, when the
-    model folder held one at registration, `int8_graph`)."""
+    """pyfunc wrapper of `Segmenter` (artifacts `weights`, `config`, `serving` and the
+    exported graphs, `GRAPH_ARTIFACTS`)."""
 
     def load_context(self, context) -> None:
         serving = json.loads(Path(context.artifacts["serving"]).read_text())
         window = serving_window(serving)
+        artifacts = context.artifacts
+        graphs = {b: artifacts[name] for b, name in GRAPH_ARTIFACTS.items() if name in artifacts}
         self.segmenter = Segmenter(
-            context.artifacts["weights"], context.artifacts["config"], window,
-            int8_graph=context.artifacts.get("int8_graph"), arch=serving.get("arch", "ARCH"),
+            artifacts["weights"], artifacts["config"], window, graphs=graphs,
+            arch=serving.get("arch", "ARCH"), fixed_input_size=serving.get("fixed_input_size"),
         )  # fmt: skip
         if "tile" not in serving:  # registered before the window was: its overlap in pixels
             self.segmenter.overlap = serving["overlap"]

@@ -23,6 +23,7 @@ import pandas as pd
 
 from heritageseg.core.config import PredictConfig, TrackingConfig
 from heritageseg.core.paths import CONFIG, WEIGHTS
+from heritageseg.core.trained import read_model_config
 from heritageseg.ops.tracking import (
     PRODUCTION,
     TAG_ARCH,
@@ -63,27 +64,32 @@ def _signature():
     )  # fmt: skip
 
 
-def log_model(run_id: str, arch: str, model_dir: Path, predict: PredictConfig, register: bool):
-    """Log the pyfunc model (weights, config, code, the int8 graph `export onnx --int8`
-    made of these weights when there is one, and the `predict` settings it serves with: its
-    window and pixel limit) into the run; register it if asked.
+def log_model(
+    run_id: str, arch: str, model_dir: Path, predict: PredictConfig, register: bool,
+    cache: Path | None = None,
+):  # fmt: skip
+    """Log the pyfunc model (weights, config, code, the ONNX graphs of these weights, and the
+    `predict` settings it serves with: its window and pixel limit) into the run; register it
+    if asked. The int8 graph is calibrated and checked on `cache` (none without it).
     Returns the registered ModelVersion, or None."""
     import mlflow
 
     from heritageseg.core.fileio import write_json
-    from heritageseg.infer.backends import exported_int8_graph
-    from heritageseg.infer.serving import encode_image
+    from heritageseg.infer.backends import serving_graphs
+    from heritageseg.infer.serving import GRAPH_ARTIFACTS, encode_image
+    from heritageseg.nn.models import fixed_input_size
 
     package = Path(__file__).resolve().parents[1]  # the heritageseg package, shipped as code
     example = pd.DataFrame({"image": [encode_image(np.full((40, 56, 3), 128, np.uint8))]})
     artifacts = {"weights": str(model_dir / WEIGHTS),
                  "config": str(model_dir / CONFIG)}  # fmt: skip
-    int8_graph = exported_int8_graph(model_dir)
-    if int8_graph is not None:
-        artifacts["int8_graph"] = str(int8_graph)
+    encoder = read_model_config(model_dir / CONFIG).encoder
     with tempfile.TemporaryDirectory() as temp, mlflow.start_run(run_id=run_id):
+        graphs, checks = serving_graphs(model_dir, cache, Path(temp))
+        artifacts |= {GRAPH_ARTIFACTS[backend]: str(graph) for backend, graph in graphs.items()}
         serving = Path(temp) / "serving.json"
-        write_json(serving, {"arch": arch, **dataclasses.asdict(predict)})
+        write_json(serving, {"arch": arch, "fixed_input_size": fixed_input_size(encoder),
+                             **checks, **dataclasses.asdict(predict)})  # fmt: skip
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(package / "infer" / "pyfunc_model.py"),
@@ -111,10 +117,10 @@ def tag_version(version, values: dict[str, str]) -> None:
 
 def register_evaluation(
     cfg: TrackingConfig, run_id: str, arch: str, model_dir: Path, documents: dict[str, dict],
-    benchmark: str, predict: PredictConfig,
+    benchmark: str, predict: PredictConfig, cache: Path,
 ) -> str | None:  # fmt: skip
     """Log + register the model with its metrics as version tags; the version number."""
-    version = log_model(run_id, arch, model_dir, predict, cfg.register)
+    version = log_model(run_id, arch, model_dir, predict, cfg.register, cache)
     if version is None:
         return None
     tags = {TAG_ARCH: arch, TAG_BENCHMARK: benchmark, "run_id": run_id}

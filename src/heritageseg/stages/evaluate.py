@@ -37,7 +37,8 @@ from heritageseg.data.artefact import decode_record, iter_parquet
 from heritageseg.data.cache import CacheDataset
 from heritageseg.data.splits import read_split
 from heritageseg.data.transforms import eval_transform
-from heritageseg.infer.window import Predict, model_predictor, sliding_window_predict
+from heritageseg.infer.backends import model_predictor
+from heritageseg.infer.window import Predict, sliding_window_predict
 from heritageseg.nn.checkpoint import Trained, load_trained
 from heritageseg.nn.engine import peak_memory_mb, resolve_precision
 from heritageseg.nn.metrics import bootstrap_miou, confusion, scores
@@ -81,7 +82,7 @@ def score_prepared(
     with torch.no_grad():
         for batch in loader:
             start = time.perf_counter()
-            prediction = predict(batch["image"]).argmax(dim=1)
+            prediction = torch.from_numpy(predict(batch["image"].numpy())).argmax(dim=1)
             seconds += time.perf_counter() - start
             matrices += [
                 confusion(p, t).numpy() for p, t in zip(prediction, batch["mask"], strict=True)
@@ -198,14 +199,14 @@ def predict_samples(
     with torch.no_grad():
         for index in pictures.select_samples(supports, count):
             item = dataset[index]
-            logits = predict(item["image"][None])
+            logits = predict(item["image"][None].numpy())
             image = ((item["image"] * std + mean) * 255).clamp(0, 255).byte()
             samples.append(
                 pictures.Sample(
                     name=str(dataset.index["id"].iloc[index]),
                     image=image.permute(1, 2, 0).numpy(),
                     truth=item["mask"].numpy().astype(np.uint8),
-                    prediction=logits.argmax(dim=1)[0].cpu().numpy().astype(np.uint8),
+                    prediction=logits.argmax(axis=1)[0].astype(np.uint8),
                 )
             )
     return samples
